@@ -1,0 +1,1 @@
+"""Backends other than the reference: torch_backend, cupy_backend."""

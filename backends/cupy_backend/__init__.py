@@ -1,0 +1,1 @@
+"""CuPy backend (needs the cupy extra and a CUDA GPU)."""

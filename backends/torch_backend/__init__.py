@@ -1,0 +1,1 @@
+"""PyTorch backend and user API (needs the torch extra)."""

@@ -1,0 +1,1 @@
+"""The BackLink conformance suite (pytest plugin)."""

@@ -1,0 +1,1 @@
+"""backlink.reference: the NumPy/CuPy reference implementation."""

@@ -1,0 +1,3 @@
+from backlink.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""BL-4.3/4.4: optimizer and learning-rate schedules as pure functions."""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+from backlink.spec import LRSchedule, Optimizer, SpecError
+
+__all__ = ["lr_at", "sgd", "init_state", "check_optimizer"]
+
+SCHEDULE_KINDS = ("constant", "step", "cosine")
+
+
+def check_optimizer(opt: Optimizer) -> None:
+    s = opt.schedule
+    if s.kind not in SCHEDULE_KINDS:
+        raise SpecError(f"field 'schedule.kind' is {s.kind!r}; allowed: {', '.join(SCHEDULE_KINDS)}")
+    for name, v in (("lr", opt.lr), ("momentum", opt.momentum), ("weight_decay", opt.weight_decay)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise SpecError(f"field 'optimizer.{name}' is {v!r}; it must be a finite number >= 0")
+    if opt.nesterov and opt.momentum == 0:
+        raise SpecError("field 'optimizer.nesterov' is True with momentum 0; Nesterov needs momentum > 0")
+    if s.kind == "step" and s.step_size < 1:
+        raise SpecError(f"field 'schedule.step_size' is {s.step_size}; it must be >= 1")
+    if s.kind == "cosine" and not 0 <= s.warmup < s.total:
+        raise SpecError(f"fields 'schedule.warmup' = {s.warmup}, 'schedule.total' = {s.total}: "
+                        f"need 0 <= warmup < total")
+
+
+def lr_at(base: float, s: LRSchedule, t: int) -> float:
+    """Learning rate at step ``t`` (0-based)."""
+    if s.kind == "constant":
+        return base
+    if s.kind == "step":
+        return base * s.gamma ** (t // s.step_size)
+    if t < s.warmup:
+        return base * (t + 1) / s.warmup
+    progress = min(t - s.warmup, s.total - s.warmup) / (s.total - s.warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def init_state(params: Mapping) -> dict:
+    """Momentum buffers, all zero."""
+    return {k: 0 * v for k, v in params.items()}
+
+
+def sgd(params: Mapping, grads: Mapping, state: Mapping, opt: Optimizer, t: int,
+        decay: frozenset[str]) -> tuple[dict, dict]:
+    """One SGD step on the parameters in ``grads``; returns (new params, new state).
+
+    ``decay``: ids of parameters that take weight decay (ArraySpec.decay).
+    Parameters without a gradient are left as they are.
+    """
+    lr = lr_at(opt.lr, opt.schedule, t)
+    params, state = dict(params), dict(state)
+    for k, g in grads.items():
+        d = g + opt.weight_decay * params[k] if (opt.weight_decay and k in decay) else g
+        if opt.momentum:
+            state[k] = opt.momentum * state[k] + d
+            d = d + opt.momentum * state[k] if opt.nesterov else state[k]
+        params[k] = params[k] - lr * d
+    return params, state

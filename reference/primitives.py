@@ -1,0 +1,218 @@
+"""BL-2.2 primitives: forward functions and their VJPs, written once against ``xp``.
+
+Every forward is ``fwd(*arrays, **attrs) -> (out, saved)``; every VJP is
+``vjp(saved, g) -> cotangents`` (one per array argument: inputs, then parameters).
+Layout: NHWC activations, HWIO conv weights, (d_in, d_out) linear weights.
+The same code runs on NumPy and CuPy: the namespace comes from the arguments.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .xp import array_namespace
+
+__all__ = ["Primitive", "PRIMS", "cross_entropy", "cross_entropy_vjp"]
+
+
+# --- convolution: im2col over NHWC + one GEMM; col2im is kh*kw strided adds ---------
+
+def _patches(x, k, stride, padding):
+    """(N, Ho, Wo, k, k, C) strided view of the zero-padded input (no copy of x)."""
+    xp = array_namespace(x)
+    n, h, w, c = x.shape
+    if padding:
+        xpad = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), x.dtype)
+        xpad[:, padding:padding + h, padding:padding + w] = x
+        x = xpad
+    ho, wo = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+    sn, sh, sw, sc = x.strides
+    return xp.lib.stride_tricks.as_strided(
+        x, (n, ho, wo, k, k, c), (sn, sh * stride, sw * stride, sh, sw, sc))
+
+
+def _im2col(x, k, stride, padding):
+    p = _patches(x, k, stride, padding)
+    return p.reshape(-1, k * k * x.shape[-1])  # copies: the GEMM wants contiguous rows
+
+
+def conv2d(x, w, *, kernel, out, stride=1, padding=0):
+    k = kernel
+    cols = _im2col(x, k, stride, padding)
+    y = cols @ w.reshape(-1, out)
+    n = x.shape[0]
+    ho, wo = (x.shape[1] + 2 * padding - k) // stride + 1, (x.shape[2] + 2 * padding - k) // stride + 1
+    return y.reshape(n, ho, wo, out), (x, w, cols, stride, padding)
+
+
+def conv2d_vjp(saved, g):
+    x, w, cols, stride, padding = saved
+    xp = array_namespace(g)
+    k, _, c, o = w.shape
+    g2 = g.reshape(-1, o)
+    dw = (cols.T @ g2).reshape(w.shape)          # sum over positions of patch (x) g
+    dcols = (g2 @ w.reshape(-1, o).T).reshape(g.shape[:3] + (k, k, c))
+    n, h, wd, _ = x.shape
+    ho, wo = g.shape[1], g.shape[2]
+    dpad = xp.zeros((n, h + 2 * padding, wd + 2 * padding, c), g.dtype)
+    for i in range(k):                            # col2im: scatter-add each kernel tap
+        for j in range(k):
+            dpad[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride] += dcols[:, :, :, i, j]
+    dx = dpad[:, padding:padding + h, padding:padding + wd] if padding else dpad
+    return dx, dw
+
+
+# --- batch norm (BL-2.5): batch statistics in training, running statistics in eval ---
+
+def batchnorm(x, gamma, beta, mean, var, *, momentum=0.1, eps=1e-5, training=True):
+    xp = array_namespace(x)
+    axes = tuple(range(x.ndim - 1))
+    if training:
+        mu = x.mean(axis=axes)
+        v = x.var(axis=axes)
+    else:
+        mu, v = mean, var
+    inv = 1.0 / xp.sqrt(v + eps)
+    xhat = (x - mu) * inv
+    return xhat * gamma + beta, (xhat, gamma, inv, v, mu, training)
+
+
+def batchnorm_vjp(saved, g):
+    xhat, gamma, inv, _, _, training = saved
+    axes = tuple(range(g.ndim - 1))
+    dgamma, dbeta = (g * xhat).sum(axis=axes), g.sum(axis=axes)
+    if not training:
+        return g * (gamma * inv), dgamma, dbeta
+    m = g.size // g.shape[-1]
+    # d/dx of gamma * (x - mean) / std with batch mean and (biased) variance
+    dx = (gamma * inv) * (g - dbeta / m - xhat * (dgamma / m))
+    return dx, dgamma, dbeta
+
+
+def batchnorm_update(saved, mean, var, *, momentum=0.1, eps=1e-5, training=True):
+    """BL-2.5: running stats, PyTorch convention (unbiased variance in the running estimate)."""
+    xhat, _, _, v, mu, _ = saved
+    m = xhat.size // xhat.shape[-1]
+    return (1 - momentum) * mean + momentum * mu, (1 - momentum) * var + momentum * v * (m / max(m - 1, 1))
+
+
+# --- pooling (window = stride = size; trailing rows/cols that do not fill a window are dropped)
+
+def _windows(x, k):
+    n, h, w, c = x.shape
+    ho, wo = h // k, w // k
+    return x[:, :ho * k, :wo * k].reshape(n, ho, k, wo, k, c)
+
+
+def _unwindow(dwin, shape):
+    xp = array_namespace(dwin)
+    n, ho, k, wo, _, c = dwin.shape
+    if shape[1] == ho * k and shape[2] == wo * k:
+        return dwin.reshape(shape)
+    dx = xp.zeros(shape, dwin.dtype)
+    dx[:, :ho * k, :wo * k] = dwin.reshape(n, ho * k, wo * k, c)
+    return dx
+
+
+def avgpool(x, *, size):
+    return _windows(x, size).mean(axis=(2, 4)), (x.shape, size)
+
+
+def avgpool_vjp(saved, g):
+    shape, k = saved
+    xp = array_namespace(g)
+    dwin = xp.broadcast_to((g / (k * k))[:, :, None, :, None, :], g.shape[:2] + (k, g.shape[2], k, g.shape[3]))
+    return (_unwindow(dwin, shape),)
+
+
+def maxpool(x, *, size):
+    xp = array_namespace(x)
+    win = _windows(x, size)
+    n, ho, k, wo, _, c = win.shape
+    flat = win.transpose(0, 1, 3, 5, 2, 4).reshape(n, ho, wo, c, k * k)
+    arg = flat.argmax(axis=-1)  # first maximum in row-major window order (as PyTorch)
+    return xp.take_along_axis(flat, arg[..., None], -1)[..., 0], (x.shape, size, arg)
+
+
+def maxpool_vjp(saved, g):
+    shape, k, arg = saved
+    xp = array_namespace(g)
+    n, ho, wo, c = g.shape
+    flat = xp.zeros((n, ho, wo, c, k * k), g.dtype)
+    xp.put_along_axis(flat, arg[..., None], g[..., None], -1)
+    dwin = flat.reshape(n, ho, wo, c, k, k).transpose(0, 1, 4, 2, 5, 3)
+    return (_unwindow(dwin, shape),)
+
+
+# --- the rest: one-liners ---------------------------------------------------------
+
+def relu(x):
+    y = array_namespace(x).maximum(x, 0)
+    return y, y > 0  # derivative 0 at x == 0, as PyTorch
+
+
+def add(a, b):
+    return a + b, None
+
+
+def global_avgpool(x):
+    return x.mean(axis=(1, 2)), x.shape
+
+
+def global_avgpool_vjp(shape, g):
+    xp = array_namespace(g)
+    return (xp.broadcast_to((g / (shape[1] * shape[2]))[:, None, None, :], shape),)
+
+
+def linear(x, w, b, *, out):
+    return x @ w + b, (x, w)
+
+
+def reshape(x, *, shape):
+    return x.reshape((x.shape[0],) + tuple(shape)), x.shape
+
+
+def flatten(x):
+    return x.reshape(x.shape[0], -1), x.shape
+
+
+@dataclass(frozen=True)
+class Primitive:
+    fwd: Callable
+    vjp: Callable
+    update: Callable | None = None  # buffers' new values in training (batch norm only)
+
+
+#: The VJP table: name -> forward, VJP (saved residuals, cotangent) -> cotangents.
+PRIMS: dict[str, Primitive] = {
+    "conv2d": Primitive(conv2d, conv2d_vjp),
+    "batchnorm": Primitive(batchnorm, batchnorm_vjp, batchnorm_update),
+    "relu": Primitive(relu, lambda mask, g: (g * mask,)),
+    "add": Primitive(add, lambda _, g: (g, g)),
+    "avgpool": Primitive(avgpool, avgpool_vjp),
+    "maxpool": Primitive(maxpool, maxpool_vjp),
+    "global_avgpool": Primitive(global_avgpool, global_avgpool_vjp),
+    "linear": Primitive(linear, lambda s, g: (g @ s[1].T, s[0].T @ g, g.sum(axis=0))),
+    "flatten": Primitive(flatten, lambda shape, g: (g.reshape(shape),)),
+    "reshape": Primitive(reshape, lambda shape, g: (g.reshape(shape),)),
+}
+
+
+def cross_entropy(logits, y):
+    """Mean log-softmax cross-entropy; returns (loss, saved). ``y`` holds class indices."""
+    xp = array_namespace(logits)
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+    rows = xp.arange(len(y))
+    return -logp[rows, y].mean(), (logp, y)
+
+
+def cross_entropy_vjp(saved, g):
+    """d(loss)/d(logits) * g = (softmax - onehot) / N * g."""
+    logp, y = saved
+    xp = array_namespace(logp)
+    d = xp.exp(logp)
+    d[xp.arange(len(y)), y] -= 1
+    return d * (g / len(y))

@@ -1,0 +1,18 @@
+"""backlink.spec: the machine-readable part of the BackLink specification.
+
+Clause numbers (BL-x.y) refer to the normative text in ``spec/*.md``.
+"""
+from .config import DTYPES, SCHEDULES, LRSchedule, Optimizer, Problem, UpdateEvent
+from .graph import INPUT, PRIMITIVES, ArraySpec, Graph, Op, SpecError, Unit
+from .partition import (METHODS, Method, Partition, Reach, module_bounds, reach_sets,
+                        tail_bounds, validate)
+from .protocol import Backend, Batch, Capabilities, Runner, StepRecord
+from .tolerances import TOLERANCES, tolerance
+
+SPEC_VERSION = "0.1"
+
+__all__ = ["SPEC_VERSION", "DTYPES", "SCHEDULES", "LRSchedule", "Optimizer", "Problem",
+           "UpdateEvent", "INPUT", "PRIMITIVES", "ArraySpec", "Graph", "Op", "SpecError", "Unit",
+           "METHODS", "Method", "Partition", "Reach", "module_bounds", "reach_sets", "tail_bounds",
+           "validate", "Backend", "Batch", "Capabilities", "Runner", "StepRecord", "TOLERANCES",
+           "tolerance"]

@@ -1,0 +1,73 @@
+"""BL-6: the backend protocol that the conformance suite drives.
+
+A backend is a few small members. The suite supplies the problem, the initial
+parameters and buffers, and every batch: a backend never draws randomness.
+All arrays crossing this boundary are host NumPy arrays keyed by spec ids.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+from .config import Problem, UpdateEvent
+
+__all__ = ["Capabilities", "Batch", "StepRecord", "Runner", "Backend"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend claims to support; the rest of the suite is skipped with a reason."""
+
+    dtypes: tuple[str, ...] = ("float64", "float32")
+    devices: tuple[str, ...] = ("cpu",)
+    methods: tuple[str, ...] = ("bp", "greedy", "backlink")
+    schedules: tuple[str, ...] = ("synchronous",)
+    primitives: bool = False  # implements Backend.primitive for BL-2.2 checks
+    cross_module: bool = True
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One mini-batch: inputs NHWC (or N x D), integer labels, and its id."""
+
+    x: np.ndarray
+    y: np.ndarray
+    id: int
+
+
+@dataclass
+class StepRecord:
+    """What one ``Runner.step`` returns (BL-6.3).
+
+    ``grads``: g(theta) of BL-3.7 for every parameter updated at this step, before the
+    optimizer (synchronous) -- for the pipelined schedule, the summed terms per update.
+    ``losses``: loss id -> value of L_k on the batch it was computed on.
+    ``events``: the update events of this step/tick, in order.
+    ``params`` and ``buffers``: every value after the step.
+    """
+
+    grads: dict[str, np.ndarray]
+    losses: dict[int, float]
+    events: list[UpdateEvent]
+    params: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Runner(Protocol):
+    def step(self, batch: Batch) -> StepRecord:
+        """Run one synchronous step (or one pipeline tick) on ``batch``."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    version: str
+    capabilities: Capabilities
+
+    def prepare(self, problem: Problem, params: Mapping[str, np.ndarray],
+                buffers: Mapping[str, np.ndarray]) -> Runner:
+        """Validate ``problem`` (raise ``SpecError`` for anything forbidden) and return a runner."""
