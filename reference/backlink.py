@@ -81,7 +81,7 @@ def gradients(graph: Graph, partition: Partition, method: Method, params: Mappin
             for i in reversed(range(t0, t1)):
                 engine.backward(units[i].ops, saved[i], cot, grads)
         if meter:
-            meter("backward", k + 1, engine.live_bytes(values, saved, head_saved, cot, grads))
+            meter("backward", k + 1, engine.live_bytes(values, saved, head_saved, cot))
         del cot, head_saved
         keep_from = b - method.P
         for i in [i for i in saved if i < keep_from]:

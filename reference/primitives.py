@@ -17,51 +17,46 @@ from .xp import array_namespace
 __all__ = ["Primitive", "PRIMS", "cross_entropy", "cross_entropy_vjp"]
 
 
-# --- convolution: im2col over NHWC + one GEMM; col2im is kh*kw strided adds ---------
+# --- convolution: im2col over NHWC + one GEMM, for the forward and both cotangents ---
 
-def _patches(x, k, stride, padding):
-    """(N, Ho, Wo, k, k, C) strided view of the zero-padded input (no copy of x)."""
+def _im2col(x, k, stride, pad):
+    """(N*Ho*Wo, k*k*C) patch matrix of ``x`` zero-padded by ``pad`` (the one copy a GEMM needs)."""
     xp = array_namespace(x)
     n, h, w, c = x.shape
-    if padding:
-        xpad = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), x.dtype)
-        xpad[:, padding:padding + h, padding:padding + w] = x
+    if pad:
+        xpad = xp.zeros((n, h + 2 * pad, w + 2 * pad, c), x.dtype)
+        xpad[:, pad:pad + h, pad:pad + w] = x
         x = xpad
     ho, wo = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
     sn, sh, sw, sc = x.strides
-    return xp.lib.stride_tricks.as_strided(
-        x, (n, ho, wo, k, k, c), (sn, sh * stride, sw * stride, sh, sw, sc))
-
-
-def _im2col(x, k, stride, padding):
-    p = _patches(x, k, stride, padding)
-    return p.reshape(-1, k * k * x.shape[-1])  # copies: the GEMM wants contiguous rows
+    patches = xp.lib.stride_tricks.as_strided(x, (n, ho, wo, k, k, c), (sn, sh * stride, sw * stride, sh, sw, sc))
+    return patches.reshape(n * ho * wo, k * k * c), (n, ho, wo)
 
 
 def conv2d(x, w, *, kernel, out, stride=1, padding=0):
-    k = kernel
-    cols = _im2col(x, k, stride, padding)
-    y = cols @ w.reshape(-1, out)
-    n = x.shape[0]
-    ho, wo = (x.shape[1] + 2 * padding - k) // stride + 1, (x.shape[2] + 2 * padding - k) // stride + 1
-    return y.reshape(n, ho, wo, out), (x, w, cols, stride, padding)
+    cols, shape = _im2col(x, kernel, stride, padding)
+    return (cols @ w.reshape(-1, out)).reshape(shape + (out,)), (x, w, stride, padding)
 
 
 def conv2d_vjp(saved, g):
-    x, w, cols, stride, padding = saved
+    x, w, stride, padding = saved
     xp = array_namespace(g)
     k, _, c, o = w.shape
-    g2 = g.reshape(-1, o)
-    dw = (cols.T @ g2).reshape(w.shape)          # sum over positions of patch (x) g
-    dcols = (g2 @ w.reshape(-1, o).T).reshape(g.shape[:3] + (k, k, c))
     n, h, wd, _ = x.shape
-    ho, wo = g.shape[1], g.shape[2]
-    dpad = xp.zeros((n, h + 2 * padding, wd + 2 * padding, c), g.dtype)
-    for i in range(k):                            # col2im: scatter-add each kernel tap
-        for j in range(k):
-            dpad[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride] += dcols[:, :, :, i, j]
-    dx = dpad[:, padding:padding + h, padding:padding + wd] if padding else dpad
-    return dx, dw
+    cols, _ = _im2col(x, k, stride, padding)     # recomputed: cheaper to redo than to keep
+    dw = (cols.T @ g.reshape(-1, o)).reshape(w.shape)
+    del cols
+    if stride > 1:  # col2im: scatter-add each kernel tap (dilating g would be mostly zeros)
+        dcols = (g.reshape(-1, o) @ w.reshape(-1, o).T).reshape(g.shape[:3] + (k, k, c))
+        dpad = xp.zeros((n, h + 2 * padding, wd + 2 * padding, c), g.dtype)
+        for i in range(k):
+            for j in range(k):
+                dpad[:, i:i + stride * (g.shape[1] - 1) + 1:stride, j:j + stride * (g.shape[2] - 1) + 1:stride] += dcols[:, :, :, i, j]
+    else:  # the transposed convolution: g bordered by k-1 zeros, flipped kernel, c_in <-> c_out
+        gcols, _ = _im2col(g, k, 1, k - 1)
+        wflip = w[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, c)
+        dpad = (gcols @ wflip).reshape(n, h + 2 * padding, wd + 2 * padding, c)
+    return (dpad[:, padding:padding + h, padding:padding + wd] if padding else dpad), dw
 
 
 # --- batch norm (BL-2.5): batch statistics in training, running statistics in eval ---

@@ -1,0 +1,128 @@
+"""The ``backlink`` command line: ``train``, ``compare`` (and ``costs``, ``mpi`` where available)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+__all__ = ["main", "build_parser"]
+
+MAIN_HELP = "BackLink local training: train and compare BP, greedy local and BackLink."
+
+
+def _cuts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cuts must be comma-separated unit indices, e.g. 2,4,6; got {text!r}")
+
+
+def _run_args(p: argparse.ArgumentParser, with_method: bool) -> None:
+    from backlink.reference.train import RunConfig
+
+    d = RunConfig()
+    g = p.add_argument_group("model and method")
+    g.add_argument("--model", default=d.model, help="mlp, cnn, vgg, resnet8/14/20/32/56/110 (default %(default)s)")
+    g.add_argument("--granularity", default=d.granularity, choices=["block", "layer"],
+                   help="ResNet unit grain: link length counts these units (default %(default)s)")
+    if with_method:
+        g.add_argument("--method", default=d.method, choices=["bp", "greedy", "backlink"])
+    g.add_argument("--K", type=int, default=d.K, help="number of modules (default %(default)s)")
+    g.add_argument("--cuts", type=_cuts, default=None, help="explicit cut points, overrides --K")
+    g.add_argument("--P", "--link-length", dest="link_length", type=int, default=d.link_length,
+                   help="BackLink link length in units (default %(default)s)")
+    g.add_argument("--beta", type=float, default=d.beta)
+    g.add_argument("--head", default=d.head, choices=["linear", "conv"])
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset,
+                   help="digits, mnist5k, fashion-mnist, cifar10, cifar100, stl10, synthetic")
+    g.add_argument("--data-root", default=None, help="folder holding the dataset files")
+    g.add_argument("--n-train", type=int, default=None)
+    g.add_argument("--n-test", type=int, default=None)
+    g.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch", type=int, default=d.batch)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--no-nesterov", dest="nesterov", action="store_false")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--schedule", default=d.schedule, choices=["constant", "step", "cosine"])
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    g.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
+                   help="cuda runs the same reference code on CuPy")
+    g.add_argument("--out", default=None, help="run folder for checkpoint.npz and result.json")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    g.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
+
+
+def _config(args):
+    from backlink.reference.train import RunConfig
+
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def cmd_train(args) -> int:
+    from backlink.reference.train import format_table, train
+
+    result = train(_config(args))
+    print(format_table([result]))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from backlink.reference.train import compare, format_table
+
+    results = compare(_config(args), methods=args.methods, plot=args.plot)
+    cfg = results[0]["config"]
+    print(f"\n{cfg['model']} on {cfg['dataset']}, {cfg['epochs']} epochs, batch {cfg['batch']}, "
+          f"seed {cfg['seed']}, cuts {results[-1]['cuts']}")
+    print(format_table(results))
+    if args.plot:
+        print(f"accuracy curves: {args.plot}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="backlink", description=MAIN_HELP)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train one method and print its results")
+    _run_args(t, with_method=True)
+    t.add_argument("--json", action="store_true", help="also print the result as JSON")
+    t.set_defaults(func=cmd_train)
+    c = sub.add_parser("compare", help="train BP, greedy and BackLink on the same setup; print a table")
+    _run_args(c, with_method=False)
+    c.add_argument("--methods", nargs="+", default=["bp", "greedy", "backlink"],
+                   choices=["bp", "greedy", "backlink"])
+    c.add_argument("--plot", default=None, help="save accuracy curves to this PNG")
+    c.set_defaults(func=cmd_compare)
+    for extra in ("costs",):  # subcommands contributed by other modules when present
+        try:
+            mod = __import__(f"backlink.reference.{extra}", fromlist=["add_subcommand"])
+        except ImportError:
+            continue
+        if hasattr(mod, "add_subcommand"):
+            mod.add_subcommand(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from backlink.spec import SpecError
+
+    try:
+        return args.func(args)
+    except (SpecError, FileNotFoundError, FloatingPointError, ValueError) as e:
+        print(f"backlink {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
