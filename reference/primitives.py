@@ -135,9 +135,8 @@ def maxpool_vjp(saved, g):
     shape, k, arg = saved
     xp = array_namespace(g)
     n, ho, wo, c = g.shape
-    flat = xp.zeros((n, ho, wo, c, k * k), g.dtype)
-    xp.put_along_axis(flat, arg[..., None], g[..., None], -1)
-    dwin = flat.reshape(n, ho, wo, c, k, k).transpose(0, 1, 4, 2, 5, 3)
+    onehot = xp.arange(k * k) == arg[..., None]  # routes g to the winning tap (no scatter needed)
+    dwin = (onehot * g[..., None]).reshape(n, ho, wo, c, k, k).transpose(0, 1, 4, 2, 5, 3)
     return (_unwindow(dwin, shape),)
 
 

@@ -1,1 +1,48 @@
-"""CuPy backend (needs the cupy extra and a CUDA GPU)."""
+"""CuPy backend: the reference engine on a CUDA GPU, by the same code path (``xp = cupy``).
+
+Importing this module never imports CuPy; creating :class:`CupyBackend` does, and fails
+with a clear message when CuPy or a GPU is missing. Results come back to the host only
+in the :class:`~backlink.spec.StepRecord`; the runner's state lives on the device
+(``array_module`` lets the conformance suite check that nothing fell back to NumPy).
+"""
+from __future__ import annotations
+
+from backlink.reference.backend import ReferenceBackend
+from backlink.spec import Capabilities
+
+__all__ = ["CupyBackend", "require_gpu"]
+
+
+def require_gpu():
+    """Return the ``cupy`` module, or raise RuntimeError saying what is missing."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise RuntimeError("the cupy backend needs CuPy and a CUDA GPU: pip install 'backlink[cupy]' "
+                           "(cupy-cuda13x) on a machine with an NVIDIA GPU") from e
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError as e:
+        raise RuntimeError(f"the cupy backend found no usable CUDA device: {e}") from e
+    if n < 1:
+        raise RuntimeError("the cupy backend found no CUDA device")
+    return cupy
+
+
+class CupyBackend(ReferenceBackend):
+    """The reference implementation with ``xp = cupy`` (BL-6)."""
+
+    name = "cupy"
+    capabilities = Capabilities(devices=("cuda",), primitives=True,
+                                schedules=ReferenceBackend.capabilities.schedules)
+
+    def __init__(self):
+        self.xp = require_gpu()
+
+    @property
+    def array_module(self):
+        return self.xp
+
+    @property
+    def version(self) -> str:
+        return f"0.1.0 (cupy {self.xp.__version__})"

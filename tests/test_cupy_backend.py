@@ -1,0 +1,70 @@
+"""The CuPy backend: same code path as NumPy, results within tolerance, state on the device.
+
+Without CuPy and a CUDA GPU (CI) every test here skips with the reason; run them on a
+GPU machine with ``bash .ci/gpu``.
+"""
+import numpy as np
+import pytest
+
+from backlink.backends.cupy_backend import CupyBackend, require_gpu
+from backlink.reference.backend import ReferenceBackend
+from backlink.reference.models import init_params, make_partition, resnet
+from backlink.spec import Batch, Method, Optimizer, Problem, tolerance
+
+
+def _gpu_or_reason():
+    try:
+        require_gpu()
+        return None
+    except RuntimeError as e:
+        return str(e)
+
+
+REASON = _gpu_or_reason()
+gpu = pytest.mark.skipif(REASON is not None, reason=f"needs CuPy and a CUDA GPU ({REASON}); run bash .ci/gpu")
+
+
+def test_import_never_needs_cupy():
+    import backlink.backends.cupy_backend  # noqa: F401  (the import above already proved it)
+
+    if REASON is not None:
+        with pytest.raises(RuntimeError, match="cupy"):
+            CupyBackend()
+
+
+def problem(dtype, kind="backlink"):
+    g = resnet(depth=8, input_shape=(8, 8, 3), num_classes=4, granularity="layer", widths=(4, 6, 8))
+    part = make_partition(g, (3, 5), head="conv")
+    return Problem(g, part, Method(kind, 2 if kind == "backlink" else 0, 0.5),
+                   Optimizer(0.05, 0.9, True, 1e-3), dtype=dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", ["bp", "greedy", "backlink"])
+def test_cupy_matches_numpy_over_steps(dtype, kind):
+    p = problem(dtype, kind)
+    params, buffers = init_params(p.graph, p.partition, seed=0, dtype=dtype)
+    cpu = ReferenceBackend().prepare(p, params, buffers)
+    gpu_runner = CupyBackend().prepare(p, params, buffers)
+    rng = np.random.default_rng(0)
+    rtol, atol = tolerance(dtype, "steps")
+    for t in range(3):
+        b = Batch(rng.standard_normal((6, 8, 8, 3)).astype(dtype), rng.integers(0, 4, 6), t)
+        a, c = cpu.step(b), gpu_runner.step(b)
+        assert a.events == c.events
+        for k in a.params:
+            np.testing.assert_allclose(c.params[k], a.params[k], rtol=rtol, atol=atol, err_msg=k)
+        for k in a.buffers:
+            np.testing.assert_allclose(c.buffers[k], a.buffers[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+@gpu
+def test_state_stays_on_the_device():
+    cupy = require_gpu()
+    p = problem("float32")
+    params, buffers = init_params(p.graph, p.partition, seed=0, dtype="float32")
+    runner = CupyBackend().prepare(p, params, buffers)
+    runner.step(Batch(np.zeros((4, 8, 8, 3), np.float32), np.arange(4) % 4, 0))
+    assert all(isinstance(v, cupy.ndarray) for v in runner.params.values())
+    assert all(isinstance(v, cupy.ndarray) for v in runner.state.values())
