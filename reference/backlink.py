@@ -15,7 +15,10 @@ For module k (1-based, units [c_{k-1}, c_k)), in order k = 1..K:
 
 So live memory follows the method: BP holds everything, greedy one module and its
 head, BackLink one module, its head and the P-unit tail of the previous module.
-The order of k changes memory, never results (BL-4.1).
+The order of k changes memory, never results (BL-4.1). ``meter`` sees the live
+activation bytes (BL-7.2) after step 1 ("forward"), after head k's backward ("head"),
+after each unit's backward ("unit:i") and each tail unit's ("link:i"), i the 0-based
+unit index; :mod:`.memory` predicts the same numbers from the graph alone.
 """
 from __future__ import annotations
 
@@ -31,7 +34,13 @@ from .xp import array_namespace
 
 __all__ = ["gradients", "predict", "check_finite"]
 
-Meter = Callable[[str, int, int], None]  # (phase, module, live bytes)
+Meter = Callable[[str, int, int], None]  # (phase, 1-based module, live bytes)
+
+
+def _measure(meter: Meter | None, phase: str, k: int, frozen: tuple, *live) -> None:
+    """BL-7.2: report the bytes ``live`` holds, parameters and buffers (``frozen``) excluded."""
+    if meter:
+        meter(phase, k + 1, engine.live_bytes(*live, exclude=frozen))
 
 
 def check_finite(name: str, a) -> None:
@@ -60,6 +69,7 @@ def gradients(graph: Graph, partition: Partition, method: Method, params: Mappin
     weights = (1.0,) if method.kind == "bp" else (method.loss_weights or (1.0,) * K)
     values, grads, losses = {INPUT: x}, {}, {}
     saved: dict[int, dict] = {}  # unit index -> residuals, kept while a loss may need them
+    frozen = (params, buffers)  # not activations: excluded from the meter
     for k, (a, b) in enumerate(bounds):
         for i in range(a, b):
             saved[i] = engine.forward(units[i].ops, values, params, buffers)
@@ -68,21 +78,22 @@ def gradients(graph: Graph, partition: Partition, method: Method, params: Mappin
         logits_name = head.output if head else units[b - 1].output
         loss, ce = cross_entropy(values[logits_name], y)
         losses[k + 1] = float(loss)
-        if meter:
-            meter("forward", k + 1, engine.live_bytes(values, saved, head_saved))
+        held = (values, saved, head_saved, ce[0])  # what stays live until step 4 (BL-7.2)
+        _measure(meter, "forward", k, frozen, *held)
         cot = {logits_name: cross_entropy_vjp(ce, weights[k])}
         if head:
             engine.backward(head.ops, head_saved, cot, grads)
+        _measure(meter, "head", k, frozen, *held, cot)
         for i in reversed(range(a, b)):
             engine.backward(units[i].ops, saved[i], cot, grads)
+            _measure(meter, f"unit:{i}", k, frozen, *held, cot)
         t0, t1 = tail_bounds(bounds, k, method)
         if t1 > t0:  # the BackLink: carry loss k's error P units into the previous module
             cot = {v: method.beta * g for v, g in cot.items()}
             for i in reversed(range(t0, t1)):
                 engine.backward(units[i].ops, saved[i], cot, grads)
-        if meter:
-            meter("backward", k + 1, engine.live_bytes(values, saved, head_saved, cot))
-        del cot, head_saved
+                _measure(meter, f"link:{i}", k, frozen, *held, cot)
+        del cot, head_saved, ce, held
         keep_from = b - method.P
         for i in [i for i in saved if i < keep_from]:
             del saved[i]

@@ -67,19 +67,35 @@ def backward(ops: Sequence[Op], saved: Mapping, cot: MutableMapping, grads: Muta
     return cot
 
 
-def live_bytes(*containers: Iterable) -> int:
-    """Bytes of the distinct arrays reachable from dicts/tuples of arrays and residuals."""
-    seen, total, stack = set(), 0, list(containers)
+def _arrays(containers: Iterable):
+    """Every array reachable from (nested) dicts, tuples and lists; 0-d arrays are scalars."""
+    stack = list(containers)
     while stack:
         a = stack.pop()
         if isinstance(a, Mapping):
             stack.extend(a.values())
         elif isinstance(a, (tuple, list)):
             stack.extend(a)
-        elif hasattr(a, "nbytes") and getattr(a, "ndim", 0) > 0 and id(a) not in seen:
-            seen.add(id(a))
-            base = a.base if getattr(a, "base", None) is not None else a
-            if id(base) != id(a) and id(base) in seen:
-                continue  # a view of an array already counted
-            total += a.nbytes
-    return total
+        elif hasattr(a, "nbytes") and getattr(a, "ndim", 0) > 0:
+            yield a
+
+
+def _owner(a):
+    """The array that owns ``a``'s memory: NumPy and CuPy keep it in ``.base``."""
+    while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes"):
+        a = a.base
+    return a
+
+
+def live_bytes(*containers: Iterable, exclude: Iterable = ()) -> int:
+    """BL-7.2: bytes of the distinct memory blocks reachable from ``containers``.
+
+    An array counts as the block that owns its memory, once however many views of it
+    are reachable (a reshape or a broadcast costs nothing; a padded buffer sliced to
+    its interior costs the whole buffer). Blocks reachable from ``exclude`` (the
+    parameters and buffers) are not counted. Pass a batch that owns its memory: a
+    view of a whole data set would count the data set.
+    """
+    skip = {id(_owner(a)) for a in _arrays([exclude])}
+    owners = {id(o): o for o in map(_owner, _arrays(containers))}
+    return sum(o.nbytes for i, o in owners.items() if i not in skip)
