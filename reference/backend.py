@@ -70,10 +70,11 @@ class ReferenceBackend:
 
     name = "reference"
     version = "0.1.0"
-    capabilities = Capabilities(primitives=True)
+    capabilities = Capabilities(primitives=True, schedules=("synchronous", "pipelined"))
     xp = np
 
     def prepare(self, problem: Problem, params: Mapping, buffers: Mapping) -> ReferenceRunner:
+        problem.validate()
         if problem.schedule != "synchronous":
             from .pipeline import PipelinedRunner  # BL-4.2, issue: pipelined schedule
 

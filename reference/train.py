@@ -117,7 +117,7 @@ def evaluate(problem: Problem, runner: ReferenceRunner, x, y, batch: int = 500) 
 
 
 def peak_activation_bytes(problem: Problem, runner: ReferenceRunner, x, y) -> int:
-    """Peak live activation bytes of one training step (values + residuals), measured."""
+    """Peak live activation bytes of one training step as metered by BL-7.2, measured."""
     peak = [0]
     buffers = dict(runner.buffers)  # a throwaway copy: measuring must not move BN statistics
     gradients(problem.graph, problem.partition, problem.method, runner.params, buffers, x, y,
@@ -198,7 +198,7 @@ def format_table(results: list[dict]) -> str:
         c = r["config"]
         rows.append((c["method"], str(r["K"]), str(c["link_length"]) if c["method"] == "backlink" else "-",
                      f"{100 * r['test_acc']:.2f}%", f"{(r['peak_activation_bytes'] or 0) / 2**20:.2f}",
-                     f"{r['seconds']:.1f}"))
+                     f"{r['seconds']:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

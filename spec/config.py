@@ -75,6 +75,13 @@ class Problem:
     dtype: Literal["float64", "float32"] = "float64"
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`SpecError` naming the field if the problem is forbidden (BL-6.1.1).
+
+        Backends call this in ``prepare``: a problem may have been built unchecked.
+        """
         validate(self.graph, self.partition, self.method)
         if self.schedule not in SCHEDULES:
             raise SpecError(f"field 'schedule' is {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
