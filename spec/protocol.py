@@ -58,8 +58,13 @@ class StepRecord:
 
 @runtime_checkable
 class Runner(Protocol):
-    def step(self, batch: Batch) -> StepRecord:
-        """Run one synchronous step (or one pipeline tick) on ``batch``."""
+    def step(self, batch: Batch | None) -> StepRecord:
+        """Run one synchronous step (or one pipeline tick) on ``batch``.
+
+        Pipelined schedule (BL-4.2.1): one tick that feeds ``batch`` into module 1;
+        ``None`` feeds nothing, and is how the suite drains the pipeline:
+        ``spec.pipeline.drain_ticks(problem)`` calls of ``step(None)`` after the last batch.
+        """
 
 
 @runtime_checkable

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["bp", "greedy", "backlink"])
     c.add_argument("--plot", default=None, help="save accuracy curves to this PNG")
     c.set_defaults(func=cmd_compare)
-    for extra in ("costs",):  # subcommands contributed by other modules when present
+    for extra in ("costs", "mpi_runner"):  # subcommands contributed by other modules
         try:
             mod = __import__(f"backlink.reference.{extra}", fromlist=["add_subcommand"])
         except ImportError:

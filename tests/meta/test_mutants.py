@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:  # the subprocesses import tests.meta.mutants from
     sys.path.insert(0, str(ROOT))
 
 #: Modules of mutant backends; each has ``MUTANTS`` (class names) and a bug-free ``Baseline``.
-MUTANT_MODULES = ("tests.meta.mutants",)
+MUTANT_MODULES = ("tests.meta.mutants", "tests.meta.mutants_pipeline")
 CASES = [(module, name) for module in MUTANT_MODULES for name in importlib.import_module(module).MUTANTS]
 
 SUITE = [sys.executable, "-m", "pytest", "--pyargs", "backlink_conformance", "-x", "-q", "-p", "no:randomly"]
