@@ -7,7 +7,7 @@ own and tail parameter sets (no backward pass at all).
 """
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from backlink.reference import engine
@@ -116,15 +116,19 @@ def test_link_length_off_by_one_is_detected(setup):
     """The comparison above has the power to see a link one unit too long or too short."""
     graph, partition, method, params, buffers, x, y = setup
     want = route_a(graph, partition, method, params, buffers, x, y)
+    checked = 0
     for P in (method.P - 1, method.P + 1):
         if P < 0:
             continue
         wrong = Method("backlink", P, method.beta, method.loss_weights, allow_cross_module=True)
-        if reach_sets(graph, partition, wrong) == reach_sets(graph, partition, method) or method.beta == 0:
-            continue  # tails clipped at the first unit (or beta = 0): nothing can differ
+        truth = route_a(graph, partition, wrong, params, buffers, x, y)
+        if max(float(np.abs(truth[p] - want[p]).max()) for p in want) <= 1e-8:
+            continue  # tail clipped at the first unit, beta ~ 0 or dead units: P and P+-1 agree
         got, _ = gradients(graph, partition, wrong, params, dict(buffers), x, y)
         with pytest.raises(AssertionError):
             assert_grads_close(got, want)
+        checked += 1
+    assume(checked)
 
 
 @settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
