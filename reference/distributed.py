@@ -32,9 +32,10 @@ import numpy as np
 from backlink.spec import Batch, Problem, SpecError, UpdateEvent
 from backlink.spec.pipeline import drain_ticks, module_param_ids
 
+from .checkpoint import save_atomic
 from .pipeline import Stage, check_problem
 
-__all__ = ["run_distributed", "read_events", "Channel", "CommTimeout", "save_atomic"]
+__all__ = ["run_distributed", "read_events", "Channel", "CommTimeout"]
 
 NO_BATCH = -1
 TAG_FORWARD, TAG_LINK = 10, 20  # +0 header, +1 data
@@ -111,16 +112,6 @@ class Channel:
 
     def flush(self) -> None:
         _wait(self.requests, self.timeout_s, f"rank {self.peer} to take the last message")
-
-
-def save_atomic(path: Path, arrays: Mapping) -> None:
-    """Write an ``.npz`` so that a crash leaves the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _checkpoint_path(out: Path, rank: int) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem
 
+from .checkpoint import save_atomic
 from . import data as datasets
 from .backend import ReferenceRunner
 from .backlink import accuracy, gradients, predict
@@ -78,16 +78,6 @@ def _setup(cfg: RunConfig, ds):
                           warmup=min(cfg.warmup_epochs * steps_per_epoch, total - 1), total=total)
     opt = Optimizer(cfg.lr, cfg.momentum, cfg.nesterov and cfg.momentum > 0, cfg.weight_decay, schedule)
     return Problem(graph, partition, method, opt, dtype=cfg.dtype)
-
-
-def _save_atomic(path: Path, arrays: dict) -> None:
-    """Write ``path`` so that a crash leaves either the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _checkpoint(runner: ReferenceRunner, epoch: int, history: list) -> dict:
@@ -168,7 +158,7 @@ def train(cfg: RunConfig, ds=None) -> dict:
         acc = evaluate(problem, runner, x_test, ds.y_test)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "test_acc": acc})
         if ckpt:
-            _save_atomic(ckpt, _checkpoint(runner, epoch + 1, history))
+            save_atomic(ckpt, _checkpoint(runner, epoch + 1, history))
     result = {"config": dataclasses.asdict(cfg), "K": problem.partition.K if cfg.method != "bp" else 1,
               "cuts": list(problem.partition.cuts), "history": history,
               "test_acc": history[-1]["test_acc"] if history else None,

@@ -218,16 +218,16 @@ def test_event_type():
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A crash while writing leaves the previous checkpoint intact (tmp file + os.replace)."""
-    from backlink.reference import distributed
+    from backlink.reference import checkpoint
 
     path = tmp_path / "checkpoint-rank0.npz"
-    distributed.save_atomic(path, {"a": np.arange(3)})
+    checkpoint.save_atomic(path, {"a": np.arange(3)})
 
     def crash(f, **arrays):
         f.write(b"half a file")
         raise OSError("disk full")
-    monkeypatch.setattr(distributed.np, "savez", crash)
+    monkeypatch.setattr(checkpoint.np, "savez", crash)
     with pytest.raises(OSError):
-        distributed.save_atomic(path, {"a": np.arange(5)})
+        checkpoint.save_atomic(path, {"a": np.arange(5)})
     with np.load(path) as z:
         np.testing.assert_array_equal(z["a"], np.arange(3))
