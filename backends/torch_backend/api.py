@@ -1,0 +1,254 @@
+"""BackLink for plain ``torch.nn`` networks: no spec graph needed.
+
+A network is a chain of units (``nn.Sequential`` or a list of modules, each mapping one
+tensor to one tensor). Cut it into K modules, give every module but the last an
+auxiliary head, and :meth:`BackLink.backward_step` leaves on every parameter the
+``.grad`` of BL-3.7 -- BP, greedy local training, or BackLink(P, beta) -- so that any
+``torch.optim`` optimizer can take the step::
+
+    net = BackLink(units, K=4, link_length=1, example_input=x0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    opt.zero_grad()
+    losses = net.backward_step(x, y)     # {1: L_1, ..., K: L_K}
+    opt.step()
+
+Like ``loss.backward()``, gradients are added to ``.grad``; modules run in whatever
+train/eval mode they are in, and batch-norm statistics are updated once per step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backlink.spec import Method, Partition, module_bounds, tail_bounds
+
+from .segments import SegmentRecord, backprop_loss, make_plan
+
+__all__ = ["BackLink", "LinearHead", "even_cuts"]
+
+METHODS = ("bp", "greedy", "backlink")
+HeadFactory = Callable[[int, torch.Tensor], nn.Module]
+
+
+class LinearHead(nn.Module):
+    """Global average pool over every axis after the channel axis (if any), then a linear layer."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(h.flatten(2).mean(dim=2) if h.dim() > 2 else h)
+
+
+def even_cuts(n_units: int, K: int) -> tuple[int, ...]:
+    """K modules of n_units // K or n_units // K + 1 units each."""
+    return tuple(i * n_units // K for i in range(1, K))
+
+
+def _units(units) -> list[nn.Module]:
+    items = list(units.children()) if isinstance(units, nn.Sequential) else list(units)
+    for i, u in enumerate(items):
+        if not isinstance(u, nn.Module):
+            raise ValueError(f"field 'units[{i}]' is a {type(u).__name__}; every unit must be an nn.Module")
+    if not items:
+        raise ValueError("field 'units' is empty; give at least one nn.Module")
+    return items
+
+
+def _resolve_cuts(cuts, K, n: int, method: str) -> tuple[int, ...]:
+    if cuts is None and K is None:
+        if method != "bp":
+            raise ValueError(f"method {method!r} needs modules: give field 'cuts' (unit indices "
+                             f"0 < c < {n}) or field 'K' (1 <= K <= {n})")
+        return ()
+    if cuts is None:
+        if not isinstance(K, int) or isinstance(K, bool) or not 1 <= K <= n:
+            raise ValueError(f"field 'K' = {K!r}: the network has {n} units, so 1 <= K <= {n}")
+        return even_cuts(n, K)
+    cuts = tuple(cuts)
+    for i, c in enumerate(cuts):
+        if not isinstance(c, int) or isinstance(c, bool) or not 0 < c < n:
+            raise ValueError(f"field 'cuts[{i}]' = {c!r}: cut points are integers 0 < c < {n} "
+                             f"(the number of units)")
+    if list(cuts) != sorted(set(cuts)):
+        raise ValueError(f"field 'cuts' = {list(cuts)} must be strictly increasing without "
+                         f"duplicates; did you mean {sorted(set(cuts))}?")
+    if K is not None and K != len(cuts) + 1:
+        raise ValueError(f"fields 'cuts' and 'K' disagree: {len(cuts)} cuts make "
+                         f"{len(cuts) + 1} modules, K = {K!r}; give only one of them")
+    return cuts
+
+
+def _check_method(method, link_length, beta, loss_weights, K, bounds) -> None:
+    if method not in METHODS:
+        raise ValueError(f"field 'method' is {method!r}; allowed: {', '.join(METHODS)}")
+    if not isinstance(link_length, int) or isinstance(link_length, bool) or link_length < 0:
+        raise ValueError(f"field 'link_length' = {link_length!r}; it must be an integer >= 0 (0 is greedy)")
+    if not (isinstance(beta, (int, float)) and math.isfinite(beta)):
+        raise ValueError(f"field 'beta' = {beta!r}; it must be a finite number")
+    if loss_weights is not None:
+        if len(loss_weights) != K:
+            raise ValueError(f"field 'loss_weights' has {len(loss_weights)} entries; K = {K} needs {K}")
+        if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in loss_weights):
+            raise ValueError(f"field 'loss_weights' = {list(loss_weights)}; entries must be finite numbers")
+    if method == "backlink" and K > 1:
+        sizes = [b - a for a, b in bounds[:-1]]
+        if link_length > min(sizes):
+            k = sizes.index(min(sizes)) + 1
+            raise ValueError(f"field 'link_length' = {link_length} is longer than module {k}, which has "
+                             f"{sizes[k - 1]} units; use link_length <= {min(sizes)}")
+
+
+class BackLink(nn.Module):
+    """A unit chain cut into modules, trained by ``method`` ('bp', 'greedy' or 'backlink').
+
+    ``cuts``: unit indices where modules end (module k = units[c_{k-1}:c_k]); or ``K``
+    for K near-equal modules. ``head_factory(k, h_k)`` builds head k (1-based) from an
+    example module output; ``"linear"`` is global-average-pool + linear. Heads are
+    built from ``example_input`` (or the first batch, or :meth:`build`); build them
+    before handing :meth:`parameters` to an optimizer. ``link_length`` is P (units of
+    module k-1 that loss k reaches), ``beta`` its weight, ``loss_weights`` w_1..w_K.
+    """
+
+    def __init__(self, units: Sequence[nn.Module] | nn.Sequential, *, cuts=None, K=None,
+                 head_factory: HeadFactory | str = "linear", link_length: int = 1, beta: float = 1.0,
+                 method: str = "backlink", loss_weights: Sequence[float] | None = None,
+                 example_input: torch.Tensor | None = None):
+        super().__init__()
+        self.trunk = nn.ModuleList(_units(units))
+        n = len(self.trunk)
+        if method not in METHODS:
+            raise ValueError(f"field 'method' is {method!r}; allowed: {', '.join(METHODS)}")
+        self.cuts = _resolve_cuts(cuts, K, n, method)
+        spec_method = Method(kind=method, link_length=link_length if method == "backlink" else 0, beta=beta)
+        self.bounds = module_bounds(n, Partition(self.cuts), spec_method)
+        self.K = len(self.bounds)
+        if method == "bp":
+            loss_weights = None  # BP has the one loss L_K, weight 1 (BL-3.3)
+        _check_method(method, link_length, beta, loss_weights, self.K, self.bounds)
+        if not (head_factory == "linear" or callable(head_factory)):
+            raise ValueError(f"field 'head_factory' is {head_factory!r}; allowed: 'linear' or a "
+                             f"callable (k, example_activation) -> nn.Module")
+        self.method, self.link_length, self.beta = method, link_length, float(beta)
+        self.loss_weights = tuple(float(w) for w in (loss_weights or (1.0,) * self.K))
+        self.head_factory = head_factory
+        tails = [tail_bounds(self.bounds, k, spec_method) for k in range(self.K)]
+        self.plan = make_plan(n, self.bounds, tails, self.beta)
+        self.heads = nn.ModuleList()
+        self.built = self.K == 1
+        if example_input is not None:
+            self.build(example_input)
+
+    # ------------------------------------------------------------------ building heads
+
+    @torch.no_grad()
+    def build(self, example_input: torch.Tensor) -> "BackLink":
+        """Create the heads from the module outputs on ``example_input`` (eval mode, no
+        statistics updated) and check that every head and the trunk give 2-D logits."""
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            h, outs = example_input, []
+            for u in self.trunk:
+                h = u(h)
+                outs.append(h)
+            if h.dim() != 2:
+                raise ValueError(f"field 'units': the last unit must produce 2-D logits (batch, classes), "
+                                 f"got shape {tuple(h.shape)}")
+            classes = h.shape[1]
+            heads = [self._make_head(k + 1, outs[b - 1], classes) for k, (_, b) in enumerate(self.bounds[:-1])]
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        for head in heads:
+            head.train(self.training)
+        self.heads = nn.ModuleList(heads)
+        self.built = True
+        return self
+
+    def _make_head(self, k: int, h: torch.Tensor, classes: int) -> nn.Module:
+        if self.head_factory == "linear":
+            if h.dim() < 2:
+                raise ValueError(f"module {k} outputs shape {tuple(h.shape)}; head 'linear' needs (batch, channels, ...)")
+            head = LinearHead(h.shape[1], classes)
+        else:
+            head = self.head_factory(k, h)
+            if not isinstance(head, nn.Module):
+                raise ValueError(f"field 'head_factory' returned a {type(head).__name__} for module {k}; "
+                                 f"it must return an nn.Module")
+        head = head.to(device=h.device, dtype=h.dtype)
+        head.eval()
+        out = head(h)
+        if out.dim() != 2 or tuple(out.shape) != (h.shape[0], classes):
+            raise ValueError(f"field 'head_factory': head {k} maps module {k}'s output {tuple(h.shape)} "
+                             f"to {tuple(out.shape)}; it must give 2-D logits ({h.shape[0]}, {classes})")
+        return head
+
+    def parameters(self, recurse: bool = True):
+        if not self.built:
+            raise RuntimeError("the auxiliary heads are not built yet, so their parameters would miss "
+                               "the optimizer: pass example_input=... to BackLink(...) or call "
+                               ".build(x) before .parameters()")
+        return super().parameters(recurse)
+
+    # ------------------------------------------------------------------ forward / backward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's logits (the trunk alone; heads are for training)."""
+        for u in self.trunk:
+            x = u(x)
+        return x
+
+    def backward_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[int, float]:
+        """Forward ``x`` module by module and add each parameter's BL-3.7 gradient to its
+        ``.grad``; return ``{k: L_k}`` (1-based, unweighted)."""
+        if not self.built:
+            self.build(x)
+        orig, producer, records, losses = {0: x}, {0: -1}, {}, {}
+        for k, (a, b) in enumerate(self.bounds):
+            for j in self.plan.segments_of(a, b):
+                records[j] = self._forward_segment(j, orig, producer)
+            if k < self.K - 1:
+                head = self.heads[k]
+                logits, extra = head(orig[b]), _trainable(head.parameters())
+            else:
+                logits, extra = orig[b], []
+            if logits.dim() != 2:
+                raise ValueError(f"loss {k + 1}: logits have shape {tuple(logits.shape)}; need 2-D (batch, classes)")
+            loss = F.cross_entropy(logits, y)
+            losses[k + 1] = float(loss.detach())
+            backprop_loss(loss, self.loss_weights[k], self.plan.walks[k], records, producer, extra,
+                          self.plan.retained_after(k), _accumulate_grad)
+            del loss, logits
+            for j in [j for j in records if self.plan.last_use[j] <= k]:
+                del records[j]
+            for v in [v for v in orig if v != b and producer[v] not in records]:
+                del orig[v]
+        return losses
+
+    def _forward_segment(self, j: int, orig: dict, producer: dict) -> SegmentRecord:
+        s, e = self.plan.segments[j]
+        leaf = orig[s].detach().requires_grad_(s > 0)
+        h = leaf
+        for u in self.trunk[s:e]:
+            h = u(h)
+        orig[e], producer[e] = h, j
+        params = _trainable(p for u in self.trunk[s:e] for p in u.parameters())
+        return SegmentRecord({s: leaf}, {e: h}, params)
+
+
+def _trainable(params) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    unique = dict.fromkeys(p for p in params if p.requires_grad)  # shared weights once
+    return [(p, p) for p in unique]
+
+
+def _accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
+    if p.grad is None:
+        p.grad = g.detach().clone() if g.requires_grad else g
+    else:
+        p.grad.add_(g)

@@ -1,0 +1,75 @@
+"""The PyTorch conformance backend (BL-6): spec graphs on torch functional ops + autograd."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from backlink.spec import DTYPES, PRIMITIVES, SCHEDULES, Capabilities, Problem, SpecError, validate
+
+from .ops import OPS, to_internal, to_spec
+from .runner import TorchRunner, host
+
+__all__ = ["TorchBackend", "available_devices"]
+
+
+def available_devices() -> tuple[str, ...]:
+    """'cpu', and 'cuda' only where torch sees a CUDA device."""
+    return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+
+class TorchBackend:
+    """Runs conformance problems on PyTorch (float64/float32; CPU, or CUDA if available).
+
+    ``device``: 'cpu', 'cuda', or None (default): 'cuda' where torch sees a GPU, else
+    'cpu'. An instance's ``capabilities.devices`` is the one device it computes on (the
+    class attribute lists every device available). Only the synchronous schedule is
+    implemented.
+    """
+
+    name = "torch"
+    version = f"0.1.0+torch{torch.__version__}"
+    capabilities = Capabilities(devices=available_devices(), schedules=("synchronous",),
+                                primitives=True)
+    array_module = torch  # what runners compute with (the suite's BL-6.4 device check)
+
+    def __init__(self, device: str | None = None):
+        if device is None:
+            device = available_devices()[-1]
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"field 'device' is {device!r}; allowed: 'cpu', 'cuda', or None (auto)")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("field 'device' is 'cuda' but torch sees no CUDA device "
+                               f"(torch {torch.__version__}); use device='cpu'")
+        self.device = device
+        self.capabilities = replace(type(self).capabilities, devices=(device,))
+
+    def prepare(self, problem: Problem, params: Mapping[str, np.ndarray],
+                buffers: Mapping[str, np.ndarray]) -> TorchRunner:
+        validate(problem.graph, problem.partition, problem.method)
+        if problem.schedule not in SCHEDULES:
+            raise SpecError(f"field 'schedule' is {problem.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if problem.schedule not in self.capabilities.schedules:
+            raise NotImplementedError(f"field 'schedule' is {problem.schedule!r}; the torch backend "
+                                      f"implements: {', '.join(self.capabilities.schedules)}")
+        if problem.dtype not in DTYPES:
+            raise SpecError(f"field 'dtype' is {problem.dtype!r}; allowed: {', '.join(DTYPES)}")
+        return TorchRunner(problem, params, buffers, device=self.device)
+
+    def primitive(self, name: str, args, attrs, cotangent):
+        """BL-2.2 check hook: (output, cotangents of the inputs and parameters) of one primitive."""
+        if name not in PRIMITIVES:
+            raise SpecError(f"field 'name' is {name!r}; allowed: {', '.join(sorted(PRIMITIVES))}")
+        n_in, n_par, _ = PRIMITIVES[name]
+        ts = [torch.tensor(np.asarray(a), device=self.device) for a in args]
+        diff = ts[:n_in + n_par]
+        for t in diff:
+            t.requires_grad_(True)
+        inputs = [to_internal(t) for t in ts[:n_in]]
+        out = to_spec(OPS[name](*inputs, *ts[n_in:], **dict(attrs)))
+        seed = torch.tensor(np.asarray(cotangent), dtype=out.dtype, device=self.device)
+        cots = torch.autograd.grad(out, diff, seed, allow_unused=True)
+        cots = [torch.zeros_like(t) if c is None else c for t, c in zip(diff, cots)]
+        return host(out), [host(c) for c in cots]

@@ -1,0 +1,102 @@
+"""BL-2.2 primitives as torch functional ops, and the NHWC <-> NCHW layout boundary.
+
+Inside the torch backend every rank-4 activation (a per-sample image (H, W, C) in the
+spec) is held as NCHW, the layout torch's convolution and pooling kernels want; every
+other activation keeps the spec's layout. Parameters stay in the spec's layout (HWIO
+conv weights, (d_in, d_out) linear weights) so their gradients come out in it too;
+the conv weight is permuted to OIHW at each use (a view, cheap next to the conv).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["OPS", "to_internal", "to_spec", "apply_op"]
+
+
+def to_internal(t: torch.Tensor) -> torch.Tensor:
+    """Spec layout -> backend layout: NHWC images become NCHW, others unchanged."""
+    return t.permute(0, 3, 1, 2) if t.dim() == 4 else t
+
+
+def to_spec(t: torch.Tensor) -> torch.Tensor:
+    """Backend layout -> spec layout (inverse of :func:`to_internal`)."""
+    return t.permute(0, 2, 3, 1) if t.dim() == 4 else t
+
+
+def conv2d(x, w, *, kernel, out, stride=1, padding=0):
+    # contiguous: some CPU kernels (slow_conv2d) want a dense weight and its gradient
+    return F.conv2d(x, w.permute(3, 2, 0, 1).contiguous(), stride=stride, padding=padding)
+
+
+def _channels_second(x):
+    """BN's channel axis is the spec's last axis; torch wants it at position 1."""
+    return x if x.dim() in (2, 4) else x.movedim(-1, 1)
+
+
+def _channels_back(x, like):
+    return x if like.dim() in (2, 4) else x.movedim(1, -1)
+
+
+def batchnorm(x, gamma, beta, mean, var, *, momentum=0.1, eps=1e-5, training=True):
+    """BL-2.5. torch updates ``mean``/``var`` in place with the unbiased batch variance,
+    which is the spec's convention (m / (m - 1), m = values per channel)."""
+    xc = _channels_second(x)
+    m = xc.numel() // xc.shape[1]
+    if training and m == 1:  # torch refuses one value per channel; the spec defines it
+        return _batchnorm_single(x, gamma, beta, mean, var, momentum, eps)
+    y = F.batch_norm(xc, mean, var, gamma, beta, training=training, momentum=momentum, eps=eps)
+    return _channels_back(y, x)
+
+
+def _batchnorm_single(x, gamma, beta, mean, var, momentum, eps):
+    """One value per channel: xhat = 0, running var gets the biased variance 0 (BL-2.5)."""
+    axes = [d for d in range(x.dim()) if d != 1] if x.dim() == 4 else list(range(x.dim() - 1))
+    shape = [1] * x.dim()
+    ch = 1 if x.dim() == 4 else x.dim() - 1
+    shape[ch] = -1
+    mu = x.mean(dim=axes, keepdim=True)
+    v = x.var(dim=axes, unbiased=False, keepdim=True)
+    with torch.no_grad():
+        mean.mul_(1 - momentum).add_(momentum * mu.reshape(-1))
+        var.mul_(1 - momentum).add_(momentum * v.reshape(-1))
+    return (x - mu) / torch.sqrt(v + eps) * gamma.reshape(shape) + beta.reshape(shape)
+
+
+def flatten(x):
+    return to_spec(x).reshape(x.shape[0], -1)  # the spec flattens in NHWC order
+
+
+def reshape(x, *, shape):
+    return to_internal(to_spec(x).reshape((x.shape[0],) + tuple(shape)))
+
+
+def linear(x, w, b, *, out):
+    return torch.addmm(b, x, w)
+
+
+#: name -> f(*inputs, *params, *buffers, **attrs) on backend-layout tensors.
+OPS: dict[str, Callable] = {
+    "conv2d": conv2d,
+    "batchnorm": batchnorm,
+    "relu": lambda x: torch.relu(x),
+    "add": lambda a, b: a + b,
+    "avgpool": lambda x, *, size: F.avg_pool2d(x, size, size),
+    "maxpool": lambda x, *, size: F.max_pool2d(x, size, size),  # ties: first max, as the spec
+    "global_avgpool": lambda x: x.mean(dim=(2, 3)),
+    "linear": linear,
+    "flatten": flatten,
+    "reshape": reshape,
+}
+
+
+def apply_op(op, values, params, buffers, training=True):
+    """Evaluate one spec :class:`~backlink.spec.Op` into ``values`` (backend layout)."""
+    args = [values[v] for v in op.inputs] + [params[p] for p in op.params]
+    kw = op.kw
+    if op.buffers:
+        kw["training"] = training
+        args += [buffers[b] for b in op.buffers]
+    values[op.out] = OPS[op.prim](*args, **kw)

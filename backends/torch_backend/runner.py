@@ -1,0 +1,175 @@
+"""The synchronous schedule (BL-4.1) of a spec :class:`~backlink.spec.Problem` on torch.
+
+Each step forwards module k's segments and head, back-propagates w_k * L_k along its
+walk (:mod:`.segments`), frees what no later loss walks, and goes on with module k+1;
+then one SGD update of every parameter that got a gradient. Batch-norm running
+statistics are updated by the single forward of each unit (BL-2.5).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backlink.reference.backend import synchronous_events
+from backlink.reference.optim import check_optimizer
+from backlink.spec import (INPUT, Batch, Problem, SpecError, StepRecord, module_bounds,
+                           tail_bounds, validate)
+
+from .ops import apply_op, to_internal
+from .optim import sgd_
+from .segments import SegmentRecord, backprop_loss, make_plan
+
+__all__ = ["TorchRunner", "host"]
+
+
+def host(t: torch.Tensor) -> np.ndarray:
+    """A NumPy copy (never a view: parameters and buffers change in place later)."""
+    return t.detach().cpu().numpy().copy()
+
+
+def _tensors(arrays: Mapping, specs, dtype, device, field: str, grad: bool) -> dict:
+    """Load the suite's arrays, checking that every id is there with its declared shape."""
+    missing = sorted({s.id for s in specs} - set(arrays))
+    if missing:
+        raise SpecError(f"field {field!r} lacks ids {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    out = {}
+    for s in specs:
+        a = np.asarray(arrays[s.id])
+        if tuple(a.shape) != tuple(s.shape):
+            raise SpecError(f"field '{field}[{s.id!r}]' has shape {a.shape}, the spec declares {s.shape}")
+        out[s.id] = torch.tensor(a, dtype=dtype, device=device).requires_grad_(grad)
+    return out
+
+
+class TorchRunner:
+    """One :class:`~backlink.spec.Problem` with its parameters, buffers and optimizer state."""
+
+    def __init__(self, problem: Problem, params: Mapping, buffers: Mapping, device: str = "cpu"):
+        g, part, method = problem.graph, problem.partition, problem.method
+        validate(g, part, method)
+        check_optimizer(problem.optimizer)
+        self.problem, self.device = problem, torch.device(device)
+        self.dtype = getattr(torch, problem.dtype)
+        units = tuple(g.units) + tuple(part.heads)  # heads too for BP: the record lists them
+        specs = [p for u in units for p in u.params]
+        self.params = _tensors(params, specs, self.dtype, self.device, "params", True)
+        self.buffers = _tensors(buffers, [b for u in units for b in u.buffers], self.dtype,
+                                self.device, "buffers", False)
+        self.decay = frozenset(p.id for p in specs if p.decay)
+        self.state: dict[str, torch.Tensor] = {}
+        self.t = 0
+        self._prepare_plan()
+
+    def _prepare_plan(self) -> None:
+        g, part, method = self.problem.graph, self.problem.partition, self.problem.method
+        n = len(g.units)
+        self.bounds = module_bounds(n, part, method)
+        K = len(self.bounds)
+        self.weights = (1.0,) if method.kind == "bp" else (method.loss_weights or (1.0,) * K)
+        tails = [tail_bounds(self.bounds, k, method) for k in range(K)]
+        self.plan = make_plan(n, self.bounds, tails, method.beta)
+        self.reads, self.keeps = [], []  # per segment: values read from before; values kept after
+        for s, e in self.plan.segments:
+            made = {op.out for u in g.units[s:e] for op in u.ops}
+            read = {v for u in g.units[s:e] for op in u.ops for v in op.inputs if v not in made}
+            keep = (g.crossing(e) if e < n else {g.units[-1].output}) & made
+            self.reads.append(sorted(read))
+            self.keeps.append(keep)
+        self.crossing = [g.crossing(b) if b < n else set() for _, b in self.bounds]
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self, batch: Batch) -> StepRecord:
+        p = self.problem
+        x, y = self._batch(batch)
+        with self._exact_math():
+            grads, losses = self.gradients(x, y)
+            sgd_(self.params, grads, self.state, p.optimizer, self.t, self.decay)
+        events = synchronous_events(p, self.t, batch.id)
+        self.t += 1
+        return StepRecord({k: host(v) for k, v in grads.items()}, losses, events,
+                          {k: host(v) for k, v in self.params.items()},
+                          {k: host(v) for k, v in self.buffers.items()})
+
+    def _batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.problem.graph
+        x = np.asarray(batch.x)
+        if x.shape[1:] != tuple(g.input_shape):
+            raise SpecError(f"field 'x' has per-sample shape {x.shape[1:]}, graph {g.name!r} "
+                            f"needs {tuple(g.input_shape)}")
+        if not np.isfinite(x).all():
+            raise FloatingPointError("input batch contains NaN or inf; check the input data (field 'x')")
+        xt = to_internal(torch.tensor(x, dtype=self.dtype, device=self.device)).contiguous()
+        return xt, torch.as_tensor(np.asarray(batch.y), dtype=torch.long, device=self.device)
+
+    @contextlib.contextmanager
+    def _exact_math(self):
+        """No TF32 on CUDA: float32 results must stay within the spec's float32 tolerances."""
+        if self.device.type != "cuda":
+            yield
+            return
+        matmul = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True,
+                                            allow_tf32=False):
+                yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = matmul
+
+    def gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, dict[int, float]]:
+        """(g, losses) of BL-3.7; batch-norm buffers are updated in place, once."""
+        g, part, plan = self.problem.graph, self.problem.partition, self.plan
+        orig, producer, records = {INPUT: x}, {INPUT: -1}, {}
+        grads: dict[str, torch.Tensor] = {}
+        losses: dict[int, float] = {}
+
+        def accumulate(pid, d):
+            grads[pid] = grads[pid] + d if pid in grads else d
+
+        K = len(self.bounds)
+        for k, (a, b) in enumerate(self.bounds):
+            for j in plan.segments_of(a, b):
+                records[j] = self._forward_segment(j, orig, producer)
+            extra = []
+            if k < K - 1:
+                head = part.heads[k]
+                vals = {g.units[b - 1].output: orig[g.units[b - 1].output]}
+                for op in head.ops:
+                    apply_op(op, vals, self.params, self.buffers)
+                logits = vals[head.output]
+                extra = [(p.id, self.params[p.id]) for p in head.params]
+            else:
+                logits = orig[g.units[-1].output]
+            loss = F.cross_entropy(logits, y)
+            losses[k + 1] = float(loss.detach())
+            backprop_loss(loss, self.weights[k], plan.walks[k], records, producer, extra,
+                          plan.retained_after(k), accumulate)
+            del loss, logits
+            self._free(k, b, records, orig, producer)
+        return grads, losses
+
+    def _forward_segment(self, j: int, orig: dict, producer: dict) -> SegmentRecord:
+        s, e = self.plan.segments[j]
+        leaves = {v: orig[v].detach().requires_grad_(v != INPUT) for v in self.reads[j]}
+        vals = dict(leaves)
+        for unit in self.problem.graph.units[s:e]:
+            for op in unit.ops:
+                apply_op(op, vals, self.params, self.buffers)
+        outputs = {v: vals[v] for v in self.keeps[j]}
+        orig.update(outputs)
+        producer.update(dict.fromkeys(outputs, j))
+        params = [(p.id, self.params[p.id]) for u in self.problem.graph.units[s:e] for p in u.params]
+        return SegmentRecord(leaves, outputs, params)
+
+    def _free(self, k: int, b: int, records: dict, orig: dict, producer: dict) -> None:
+        """Drop the graphs no later loss walks and values no later forward reads."""
+        for j in [j for j in records if self.plan.last_use[j] <= k]:
+            del records[j]
+        needed = self.crossing[k]
+        for v in [v for v in orig if v not in needed and producer[v] not in records]:
+            del orig[v]
