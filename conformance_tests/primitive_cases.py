@@ -43,7 +43,7 @@ def _shapes(draw, name):
     if name == "conv2d":
         n, h, w, c = _image(draw)
         pad = draw(st.integers(0, 1), label="padding")
-        k = draw(st.integers(1, min(3, h + 2 * pad, w + 2 * pad)), label="kernel")
+        k = draw(st.integers(pad + 1, max(pad + 1, min(3, h + 2 * pad, w + 2 * pad))), label="kernel")  # BL-2.3
         out = draw(st.integers(1, 3), label="out")
         attrs = dict(kernel=k, out=out, stride=draw(st.integers(1, 2), label="stride"), padding=pad)
         return [(n, h, w, c), (k, k, c, out)], attrs

@@ -11,7 +11,7 @@ block), a *residual* an op keeps for its VJP (BL-7.1, table ``RESIDUALS``), the
 loss's log-probabilities, and *cotangents*. Cotangents are replayed symbolically:
 the same reverse walk as :func:`backlink.reference.engine.backward`, with a token per
 buffer instead of an array, so aliasing (``add`` hands one buffer to both inputs) and
-padded buffers (a padded conv's input cotangent) are counted as the engine holds them.
+padded buffers (a padded strided conv's input cotangent) are counted as the engine holds them.
 """
 from __future__ import annotations
 
@@ -89,9 +89,9 @@ class _Layout:
             return [g, g]  # the same buffer for both inputs
         if op.prim in _VIEWS:
             return [g if g.dense else _Cot(self.nbytes(x))]
-        if op.prim == "conv2d" and op.kw.get("padding", 0):
+        if op.prim == "conv2d" and op.kw.get("padding", 0) and op.kw.get("stride", 1) > 1:
             p = op.kw["padding"]
-            h, w, c = self.shapes[x]  # the VJP fills a padded buffer and returns its interior
+            h, w, c = self.shapes[x]  # strided: col2im fills a padded buffer, returns its interior
             return [_Cot(self.n * (h + 2 * p) * (w + 2 * p) * c * self.s, dense=False)]
         if op.prim == "global_avgpool":  # a broadcast of an (n, C) buffer
             return [_Cot(self.n * self.shapes[x][-1] * self.s, dense=False)]

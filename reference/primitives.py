@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from .xp import array_namespace
 
 __all__ = ["Primitive", "PRIMS", "cross_entropy", "cross_entropy_vjp"]
@@ -52,44 +50,48 @@ def conv2d_vjp(saved, g):
         for i in range(k):
             for j in range(k):
                 dpad[:, i:i + stride * (g.shape[1] - 1) + 1:stride, j:j + stride * (g.shape[2] - 1) + 1:stride] += dcols[:, :, :, i, j]
-    else:  # the transposed convolution: g bordered by k-1 zeros, flipped kernel, c_in <-> c_out
-        gcols, _ = _im2col(g, k, 1, k - 1)
-        wflip = w[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, c)
-        dpad = (gcols @ wflip).reshape(n, h + 2 * padding, wd + 2 * padding, c)
-    return (dpad[:, padding:padding + h, padding:padding + wd] if padding else dpad), dw
+        return (dpad[:, padding:padding + h, padding:padding + wd] if padding else dpad), dw
+    # stride 1: the transposed convolution -- g bordered by k-1-padding zeros (BL-2.3 keeps
+    # padding < kernel), the flipped kernel with c_in and c_out swapped; exactly x's size
+    gcols, _ = _im2col(g, k, 1, k - 1 - padding)
+    wflip = w[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, c)
+    return (gcols @ wflip).reshape(x.shape), dw
 
 
 # --- batch norm (BL-2.5): batch statistics in training, running statistics in eval ---
 
 def batchnorm(x, gamma, beta, mean, var, *, momentum=0.1, eps=1e-5, training=True):
     xp = array_namespace(x)
-    axes = tuple(range(x.ndim - 1))
-    if training:
-        mu = x.mean(axis=axes)
-        v = x.var(axis=axes)
-    else:
-        mu, v = mean, var
+    x2 = x.reshape(-1, x.shape[-1])  # (positions, channels): statistics per channel
+    mu = x2.mean(axis=0) if training else mean
+    xhat = x2 - mu
+    v = (xhat * xhat).mean(axis=0) if training else var  # biased batch variance
     inv = 1.0 / xp.sqrt(v + eps)
-    xhat = (x - mu) * inv
-    return xhat * gamma + beta, (xhat, gamma, inv, v, mu, training)
+    xhat *= inv
+    out = xhat * gamma
+    out += beta
+    return out.reshape(x.shape), (xhat, gamma, inv, v, mu, training)
 
 
 def batchnorm_vjp(saved, g):
     xhat, gamma, inv, _, _, training = saved
-    axes = tuple(range(g.ndim - 1))
-    dgamma, dbeta = (g * xhat).sum(axis=axes), g.sum(axis=axes)
+    g2 = g.reshape(xhat.shape)
+    dgamma, dbeta = (g2 * xhat).sum(axis=0), g2.sum(axis=0)
     if not training:
         return g * (gamma * inv), dgamma, dbeta
-    m = g.size // g.shape[-1]
+    m = xhat.shape[0]
     # d/dx of gamma * (x - mean) / std with batch mean and (biased) variance
-    dx = (gamma * inv) * (g - dbeta / m - xhat * (dgamma / m))
-    return dx, dgamma, dbeta
+    dx = xhat * (dgamma / m)
+    dx += dbeta / m
+    array_namespace(g).subtract(g2, dx, out=dx)
+    dx *= gamma * inv
+    return dx.reshape(g.shape), dgamma, dbeta
 
 
 def batchnorm_update(saved, mean, var, *, momentum=0.1, eps=1e-5, training=True):
     """BL-2.5: running stats, PyTorch convention (unbiased variance in the running estimate)."""
     xhat, _, _, v, mu, _ = saved
-    m = xhat.size // xhat.shape[-1]
+    m = xhat.shape[0]
     return (1 - momentum) * mean + momentum * mu, (1 - momentum) * var + momentum * v * (m / max(m - 1, 1))
 
 

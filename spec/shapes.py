@@ -27,6 +27,9 @@ def _out_shape(prim, xs, kw, op, where):
         raise SpecError(f"{where}: op {op.out!r} ({prim}) needs an image input (H, W, C), got shape {x}")
     if prim == "conv2d":
         k, s, p = kw["kernel"], kw.get("stride", 1), kw.get("padding", 0)
+        if not 0 <= p < k:
+            raise SpecError(f"{where}: op {op.out!r} (conv2d) field 'padding' = {p}; it must satisfy "
+                            f"0 <= padding < kernel = {k}")
         h, w = (x[0] + 2 * p - k) // s + 1, (x[1] + 2 * p - k) // s + 1
         if h < 1 or w < 1:
             raise SpecError(f"{where}: op {op.out!r} (conv2d) kernel {k} does not fit input {x}")

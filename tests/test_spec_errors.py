@@ -125,3 +125,10 @@ def test_input_shape_mismatch():
     g = chain()
     with pytest.raises(SpecError, match=r"field 'x' has per-sample shape \(4,\), graph 'chain' needs \(5,\)"):
         gradients(g, Partition(), Method("bp"), {}, {}, np.ones((2, 4)), np.array([0, 1]))
+
+
+def test_conv_padding_must_be_smaller_than_the_kernel():
+    u = Unit("u", (Op("c", "conv2d", ("x",), ("w",), attrs=(("kernel", 3), ("out", 2), ("padding", 3))),),
+             (ArraySpec("w", (3, 3, 1, 2), "he", 9, True),))
+    with pytest.raises(SpecError, match=r"field 'padding' = 3; it must satisfy 0 <= padding < kernel = 3"):
+        Graph("g", (4, 4, 1), 2, (u,))

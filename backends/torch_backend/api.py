@@ -174,7 +174,8 @@ class BackLink(nn.Module):
     def _make_head(self, k: int, h: torch.Tensor, classes: int) -> nn.Module:
         if self.head_factory == "linear":
             if h.dim() < 2:
-                raise ValueError(f"module {k} outputs shape {tuple(h.shape)}; head 'linear' needs (batch, channels, ...)")
+                raise ValueError(f"module {k} outputs shape {tuple(h.shape)}; head_factory 'linear' "
+                                 f"needs (batch, channels, ...)")
             head = LinearHead(h.shape[1], classes)
         else:
             head = self.head_factory(k, h)
