@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from backlink.spec import DTYPES, PRIMITIVES, SCHEDULES, Capabilities, Problem, SpecError, validate
+from backlink.spec import PRIMITIVES, Capabilities, Problem, SpecError
 
 from .ops import OPS, to_internal, to_spec
 from .runner import TorchRunner, host
@@ -25,8 +25,8 @@ class TorchBackend:
 
     ``device``: 'cpu', 'cuda', or None (default): 'cuda' where torch sees a GPU, else
     'cpu'. An instance's ``capabilities.devices`` is the one device it computes on (the
-    class attribute lists every device available). Only the synchronous schedule is
-    implemented.
+    class attribute lists every device available). The pipelined schedule (BL-4.2) runs
+    on CPU through :class:`~backlink.backends.torch_backend.distributed.TorchPipelinedRunner`.
     """
 
     name = "torch"
@@ -44,18 +44,19 @@ class TorchBackend:
             raise RuntimeError("field 'device' is 'cuda' but torch sees no CUDA device "
                                f"(torch {torch.__version__}); use device='cpu'")
         self.device = device
-        self.capabilities = replace(type(self).capabilities, devices=(device,))
+        schedules = ("synchronous", "pipelined") if device == "cpu" else ("synchronous",)
+        self.capabilities = replace(type(self).capabilities, devices=(device,), schedules=schedules)
 
     def prepare(self, problem: Problem, params: Mapping[str, np.ndarray],
                 buffers: Mapping[str, np.ndarray]) -> TorchRunner:
-        validate(problem.graph, problem.partition, problem.method)
-        if problem.schedule not in SCHEDULES:
-            raise SpecError(f"field 'schedule' is {problem.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        problem.validate()
         if problem.schedule not in self.capabilities.schedules:
-            raise NotImplementedError(f"field 'schedule' is {problem.schedule!r}; the torch backend "
-                                      f"implements: {', '.join(self.capabilities.schedules)}")
-        if problem.dtype not in DTYPES:
-            raise SpecError(f"field 'dtype' is {problem.dtype!r}; allowed: {', '.join(DTYPES)}")
+            raise NotImplementedError(f"field 'schedule' is {problem.schedule!r}; the torch backend on "
+                                      f"{self.device} implements: {', '.join(self.capabilities.schedules)}")
+        if problem.schedule == "pipelined":
+            from .distributed import TorchPipelinedRunner
+
+            return TorchPipelinedRunner(problem, params, buffers)
         return TorchRunner(problem, params, buffers, device=self.device)
 
     def primitive(self, name: str, args, attrs, cotangent):

@@ -36,7 +36,7 @@ from backlink.reference.pipeline import OwnTerm, check_problem
 from backlink.spec import INPUT, Batch, Problem, SpecError, StepRecord, UpdateEvent, module_bounds
 from backlink.spec.pipeline import drain_ticks, link_param_ids, module_param_ids
 
-from .ops import apply_op, to_internal, to_spec
+from .ops import apply_op, to_internal
 from .optim import sgd_
 
 __all__ = ["TorchStage", "TorchPipelinedRunner", "run_torch_distributed"]
