@@ -219,9 +219,13 @@ class PipelinedRunner:
                                for msg, own in zip(self.inbox[:-1], own_terms[:-1])]
         self.links = self.deliver_links(sent)
         self.t += 1
-        host = lambda d: {k: to_host(v) for k, v in d.items()}  # noqa: E731
+        host = lambda d: {k: self._host(v) for k, v in d.items()}  # noqa: E731
         return StepRecord(host(grads), losses, events, host(self.params), host(self.buffers),
                           extra={"tick": self.t - 1})
+
+    @staticmethod
+    def _host(a):
+        return to_host(a)
 
     def pending(self) -> bool:
         """True while a batch or a link is still in flight (the pipeline is not drained)."""

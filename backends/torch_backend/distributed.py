@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from backlink.reference.pipeline import OwnTerm, check_problem
-from backlink.spec import INPUT, Batch, Problem, SpecError, StepRecord, UpdateEvent, module_bounds
+from backlink.reference.pipeline import OwnTerm, PipelinedRunner, check_problem
+from backlink.spec import INPUT, Batch, Problem, SpecError, UpdateEvent, module_bounds
 from backlink.spec.pipeline import drain_ticks, link_param_ids, module_param_ids
 
 from .ops import apply_op, to_internal
@@ -48,7 +48,7 @@ TAG_FORWARD, TAG_LINK = 10, 20
 class TorchStage:
     """Module ``k`` (1-based) on torch: parameters, buffers, SGD state, stash of tail graphs."""
 
-    def __init__(self, problem: Problem, k: int, params: Mapping, buffers: Mapping):
+    def __init__(self, problem: Problem, k: int, params: Mapping, buffers: Mapping, xp=torch):
         g, part, method = problem.graph, problem.partition, problem.method
         bounds = module_bounds(len(g.units), part, method)
         self.problem, self.k, self.K = problem, k, len(bounds)
@@ -217,37 +217,22 @@ def _to_torch(batch: Batch, dtype, input_shape=None) -> tuple:
     return int(batch.id), x, torch.as_tensor(np.asarray(batch.y), dtype=torch.long)
 
 
-class TorchPipelinedRunner:
-    """Every :class:`TorchStage` in one process, driven like the reference's PipelinedRunner
+class TorchPipelinedRunner(PipelinedRunner):
+    """Every :class:`TorchStage` in one process, driven by the reference's tick loop
     (a Runner of the protocol: ``step(batch)`` is one tick, ``step(None)`` a bubble)."""
 
-    def __init__(self, problem: Problem, params: Mapping, buffers: Mapping):
-        check_problem(problem, params)
-        self.problem, self.dtype = problem, getattr(torch, problem.dtype)
-        K = len(module_param_ids(problem))
-        self.stages = [TorchStage(problem, k, params, buffers) for k in range(1, K + 1)]
-        self.inbox, self.links, self.t = [None] * K, [None] * K, 0
+    stage_class = TorchStage
 
-    def step(self, batch: Batch | None) -> StepRecord:
-        self.inbox[0] = None if batch is None else _to_torch(batch, self.dtype, self.problem.graph.input_shape)
-        owns = [s.own_term(*m) if m else None for s, m in zip(self.stages, self.inbox)]
-        links = [(m[0], s.link_term(*m)) if m else None for s, m in zip(self.stages, self.links)]
-        events, grads = [], {}
-        for s, own, link in zip(self.stages, owns, links):
-            event = s.update(self.t, own, link)
-            if event:
-                events.append(event)
-                grads.update(s.last_grads)
-        self.links = [None] * len(self.stages)
-        for i, o in enumerate(owns):
-            if o is not None and o.cotangent is not None:
-                self.links[i - 1] = (o.batch, o.cotangent)
-        self.inbox = [None] + [(o.batch, o.output, m[2]) if o else None for m, o in zip(self.inbox, owns[:-1])]
-        self.t += 1
-        host = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
-        return StepRecord({p: host(g) for p, g in grads.items()}, {s.k: o.loss for s, o in zip(self.stages, owns) if o},
-                          events, {p: host(v) for s in self.stages for p, v in s.params.items()},
-                          {b: host(v) for s in self.stages for b, v in s.buffers.items()})
+    def __init__(self, problem: Problem, params: Mapping, buffers: Mapping):
+        self.dtype = getattr(torch, problem.dtype)
+        super().__init__(problem, params, buffers, xp=torch)
+
+    def _admit(self, batch: Batch | None):
+        return None if batch is None else _to_torch(batch, self.dtype, self.problem.graph.input_shape)
+
+    @staticmethod
+    def _host(t):
+        return t.detach().cpu().numpy().copy()
 
 
 # ------------------------------------------------------------------ one process per module
