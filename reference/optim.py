@@ -28,7 +28,13 @@ def check_optimizer(opt: Optimizer) -> None:
 
 
 def lr_at(base: float, s: LRSchedule, t: int) -> float:
-    """Learning rate at step ``t`` (0-based)."""
+    """Learning rate at step ``t`` (0-based).
+
+    >>> from backlink.spec import LRSchedule
+    >>> from backlink.reference.optim import lr_at
+    >>> [round(lr_at(0.1, LRSchedule("cosine", warmup=2, total=6), t), 4) for t in range(6)]
+    [0.05, 0.1, 0.1, 0.0854, 0.05, 0.0146]
+    """
     if s.kind == "constant":
         return base
     if s.kind == "step":

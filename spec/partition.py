@@ -63,7 +63,14 @@ class Reach:
 
 
 def module_bounds(n_units: int, partition: Partition, method: Method) -> list[tuple[int, int]]:
-    """0-based half-open unit ranges [c_{k-1}, c_k) of the modules (one for BP)."""
+    """0-based half-open unit ranges [c_{k-1}, c_k) of the modules (one for BP).
+
+    >>> from backlink.spec import Method, Partition, module_bounds
+    >>> module_bounds(6, Partition(cuts=(2, 4)), Method("greedy"))
+    [(0, 2), (2, 4), (4, 6)]
+    >>> module_bounds(6, Partition(cuts=(2, 4)), Method("bp"))
+    [(0, 6)]
+    """
     if method.kind == "bp":
         return [(0, n_units)]
     edges = (0, *partition.cuts, n_units)
@@ -71,7 +78,14 @@ def module_bounds(n_units: int, partition: Partition, method: Method) -> list[tu
 
 
 def tail_bounds(bounds: list[tuple[int, int]], k: int, method: Method) -> tuple[int, int]:
-    """BL-3.4: the linked tail of loss k (0-based k): units [max(0, c_{k-1}-P), c_{k-1})."""
+    """BL-3.4: the linked tail of loss k (0-based k): units [max(0, c_{k-1}-P), c_{k-1}).
+
+    >>> from backlink.spec import Method, tail_bounds
+    >>> tail_bounds([(0, 2), (2, 4), (4, 6)], 2, Method("backlink", link_length=1))
+    (3, 4)
+    >>> tail_bounds([(0, 2), (2, 4), (4, 6)], 0, Method("backlink", link_length=1))  # loss 1: no tail
+    (0, 0)
+    """
     start = bounds[k][0]
     return (max(0, start - method.P), start)
 
