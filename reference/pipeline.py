@@ -27,7 +27,7 @@ from .backlink import check_finite
 from .primitives import cross_entropy, cross_entropy_vjp
 from .xp import to_host
 
-__all__ = ["Stage", "OwnTerm", "PipelinedRunner", "check_problem"]
+__all__ = ["Stage", "OwnTerm", "PipelinedRunner", "check_problem", "summed_terms", "update_event"]
 
 
 @dataclass
@@ -51,6 +51,23 @@ def check_problem(problem: Problem, params: Mapping) -> None:
     missing = sorted(wanted - set(params))
     if missing:
         raise SpecError(f"field 'params' lacks ids {missing[:5]}{'...' if len(missing) > 5 else ''}")
+
+
+def summed_terms(own: OwnTerm | None, link: tuple[int, dict] | None) -> dict:
+    """BL-4.2.4: the gradient of one update, the own term plus the link term."""
+    grads = dict(own.grads) if own else {}
+    for p, g in (link[1].items() if link else ()):
+        grads[p] = grads[p] + g if p in grads else g
+    return grads
+
+
+def update_event(tick: int, k: int, param_ids: tuple[str, ...], own: OwnTerm | None,
+                 link: tuple[int, dict] | None, grads: Mapping) -> UpdateEvent:
+    """BL-4.2.4: the event of module ``k``'s update; a link-only update lists its tail only."""
+    losses = ((k,) if own else ()) + ((k + 1,) if link else ())
+    batches = ((own.batch,) if own else ()) + ((link[0],) if link else ())
+    ids = param_ids if own else tuple(p for p in param_ids if p in grads)
+    return UpdateEvent(tick, k, ids, losses, batches)
 
 
 class Stage:
@@ -145,17 +162,12 @@ class Stage:
         """One optimizer update summing the terms that exist (BL-4.2.4); None if neither does."""
         if own is None and link is None:
             return None
-        grads = dict(own.grads) if own else {}
-        for p, g in (link[1].items() if link else ()):
-            grads[p] = grads[p] + g if p in grads else g
+        grads = summed_terms(own, link)
         self.params, self.state = optim.sgd(self.params, grads, self.state, self.problem.optimizer,
                                             self.updates, self.decay)
         self.updates += 1
         self.last_grads = grads
-        losses = ((self.k,) if own else ()) + ((self.k + 1,) if link else ())
-        batches = ((own.batch,) if own else ()) + ((link[0],) if link else ())
-        ids = self.param_ids if own else tuple(p for p in self.param_ids if p in grads)
-        return UpdateEvent(tick, self.k, ids, losses, batches)
+        return update_event(tick, self.k, self.param_ids, own, link, grads)
 
 
 class PipelinedRunner:

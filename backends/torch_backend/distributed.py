@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from backlink.reference.pipeline import OwnTerm, PipelinedRunner, check_problem
+from backlink.reference.pipeline import OwnTerm, PipelinedRunner, check_problem, summed_terms, update_event
 from backlink.spec import INPUT, Batch, Problem, SpecError, UpdateEvent, module_bounds
 from backlink.spec.pipeline import drain_ticks, link_param_ids, module_param_ids
 
@@ -143,16 +143,11 @@ class TorchStage:
     def update(self, tick: int, own: OwnTerm | None, link) -> UpdateEvent | None:
         if own is None and link is None:
             return None
-        grads = dict(own.grads) if own else {}
-        for p, g in (link[1].items() if link else ()):
-            grads[p] = grads[p] + g if p in grads else g
+        grads = summed_terms(own, link)
         sgd_(self.params, grads, self.state, self.problem.optimizer, self.updates, self.decay)
         self.updates += 1
         self.last_grads = grads
-        losses = ((self.k,) if own else ()) + ((self.k + 1,) if link else ())
-        batches = ((own.batch,) if own else ()) + ((link[0],) if link else ())
-        ids = self.param_ids if own else tuple(p for p in self.param_ids if p in grads)
-        return UpdateEvent(tick, self.k, ids, losses, batches)
+        return update_event(tick, self.k, self.param_ids, own, link, grads)
 
 
 # ------------------------------------------------------------------ transport
