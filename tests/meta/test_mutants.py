@@ -5,6 +5,7 @@ reference, run exactly as a backend author would: a subprocess of
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -18,7 +19,9 @@ if str(ROOT) not in sys.path:  # the subprocesses import tests.meta.mutants from
     sys.path.insert(0, str(ROOT))
 
 #: Modules of mutant backends; each has ``MUTANTS`` (class names) and a bug-free ``Baseline``.
-MUTANT_MODULES = ("tests.meta.mutants", "tests.meta.mutants_pipeline")
+#: The torch mutants plant bugs in the torch backend's own code (skipped without torch).
+MUTANT_MODULES = ("tests.meta.mutants", "tests.meta.mutants_pipeline") + \
+    (("tests.meta.mutants_torch",) if importlib.util.find_spec("torch") else ())
 CASES = [(module, name) for module in MUTANT_MODULES for name in importlib.import_module(module).MUTANTS]
 
 SUITE = [sys.executable, "-m", "pytest", "--pyargs", "backlink_conformance", "-x", "-q", "-p", "no:randomly"]
