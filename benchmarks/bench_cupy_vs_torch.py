@@ -1,7 +1,9 @@
 """CuPy backend vs the PyTorch backend on CUDA (cuDNN): training-step time and GPU memory.
 
 Same graph, parameters and batch for both, measured in the same run; prints the ratio
-cupy/torch per (model, batch, method) and the memory each allocator reports.
+cupy/torch per (model, batch, method) and the memory each allocator reports. The
+"xp only" column is the CuPy backend with its hand-written kernels off
+(``BACKLINK_CUDA_KERNELS=0``: the plain xp composition), which shows what they pay.
 
     python benchmarks/bench_cupy_vs_torch.py [--quick] [--repeats 5]
 
@@ -10,6 +12,8 @@ Needs CuPy, torch with CUDA and a GPU (run it through ``bash .ci/gpu``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 
 import numpy as np
@@ -33,6 +37,19 @@ def timed_steps(runner, batch, sync, repeats):
     return sorted(times)[len(times) // 2]
 
 
+@contextlib.contextmanager
+def kernels_off():
+    old = os.environ.get("BACKLINK_CUDA_KERNELS")
+    os.environ["BACKLINK_CUDA_KERNELS"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["BACKLINK_CUDA_KERNELS"]
+        else:
+            os.environ["BACKLINK_CUDA_KERNELS"] = old
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=5)
@@ -48,7 +65,8 @@ def main(argv=None):
     settings = [(32, 128)] + ([] if args.quick else [(110, 1024)])
     print(f"GPU: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}, cupy {cupy.__version__}, "
           f"torch {torch.__version__} (cuDNN {torch.backends.cudnn.version()}), float32, K={args.K}, P=1")
-    rows = [("model", "batch", "method", "cupy ms", "torch ms", "cupy/torch", "cupy pool MB", "torch max alloc MB")]
+    rows = [("model", "batch", "method", "cupy ms", "xp only ms", "torch ms", "cupy/torch", "cupy pool MB",
+             "torch max alloc MB")]
     for depth, n in settings:
         graph = build_model(f"resnet{depth}", input_shape=(32, 32, 3), num_classes=10)
         part = make_partition(graph, even_cuts(graph, args.K), head="linear")
@@ -61,12 +79,16 @@ def main(argv=None):
             cu = timed_steps(CupyBackend().prepare(problem, params, buffers), batch,
                              cupy.cuda.Device().synchronize, args.repeats)
             cu_mem = pool.total_bytes()
+            with kernels_off():
+                plain = timed_steps(CupyBackend().prepare(problem, params, buffers), batch,
+                                    cupy.cuda.Device().synchronize, args.repeats)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             th = timed_steps(TorchBackend("cuda").prepare(problem, params, buffers), batch,
                              torch.cuda.synchronize, args.repeats)
             th_mem = torch.cuda.max_memory_allocated()
-            rows.append((f"resnet{depth}", str(n), name, f"{cu * 1e3:.1f}", f"{th * 1e3:.1f}", f"{cu / th:.2f}x",
+            rows.append((f"resnet{depth}", str(n), name, f"{cu * 1e3:.1f}", f"{plain * 1e3:.1f}", f"{th * 1e3:.1f}",
+                         f"{cu / th:.2f}x",
                          f"{cu_mem / 2**20:.0f}", f"{th_mem / 2**20:.0f}"))
             print("  ".join(rows[-1]), flush=True)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

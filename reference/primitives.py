@@ -3,14 +3,17 @@
 Every forward is ``fwd(*arrays, **attrs) -> (out, saved)``; every VJP is
 ``vjp(saved, g) -> cotangents`` (one per array argument: inputs, then parameters).
 Layout: NHWC activations, HWIO conv weights, (d_in, d_out) linear weights.
-The same code runs on NumPy and CuPy: the namespace comes from the arguments.
+The same code runs on NumPy and CuPy: the namespace comes from the arguments. On CuPy,
+the memory-bound helpers marked ``kernels_for`` run as one hand-written CUDA kernel each
+(backends/cupy_backend/kernels.cu, checked against these NumPy lines); the algorithm
+around them is this file's, unchanged.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
-from .xp import array_namespace
+from .xp import array_namespace, kernels_for
 
 __all__ = ["Primitive", "PRIMS", "cross_entropy", "cross_entropy_vjp"]
 
@@ -19,6 +22,8 @@ __all__ = ["Primitive", "PRIMS", "cross_entropy", "cross_entropy_vjp"]
 
 def _im2col(x, k, stride, pad):
     """(N*Ho*Wo, k*k*C) patch matrix of ``x`` zero-padded by ``pad`` (the one copy a GEMM needs)."""
+    if kern := kernels_for(x):
+        return kern.im2col(x, k, stride, pad)
     xp = array_namespace(x)
     n, h, w, c = x.shape
     if pad:
@@ -46,6 +51,8 @@ def conv2d_vjp(saved, g):
     del cols
     if stride > 1:  # col2im: scatter-add each kernel tap (dilating g would be mostly zeros)
         dcols = (g.reshape(-1, o) @ w.reshape(-1, o).T).reshape(g.shape[:3] + (k, k, c))
+        if kern := kernels_for(g):
+            return kern.col2im(dcols, x.shape, k, stride, padding), dw
         dpad = xp.zeros((n, h + 2 * padding, wd + 2 * padding, c), g.dtype)
         for i in range(k):
             for j in range(k):
@@ -67,9 +74,12 @@ def batchnorm(x, gamma, beta, mean, var, *, momentum=0.1, eps=1e-5, training=Tru
     xhat = x2 - mu
     v = (xhat * xhat).mean(axis=0) if training else var  # biased batch variance
     inv = 1.0 / xp.sqrt(v + eps)
-    xhat *= inv
-    out = xhat * gamma
-    out += beta
+    if kern := kernels_for(x):
+        xhat, out = kern.bn_normalize(x2, mu, inv, gamma, beta)
+    else:
+        xhat *= inv
+        out = xhat * gamma
+        out += beta
     return out.reshape(x.shape), (xhat, gamma, inv, v, mu, training)
 
 
@@ -80,6 +90,8 @@ def batchnorm_vjp(saved, g):
     if not training:
         return g * (gamma * inv), dgamma, dbeta
     m = xhat.shape[0]
+    if kern := kernels_for(g):
+        return kern.bn_backward_dx(g2, xhat, dgamma, dbeta, gamma, inv).reshape(g.shape), dgamma, dbeta
     # d/dx of gamma * (x - mean) / std with batch mean and (biased) variance
     dx = xhat * (dgamma / m)
     dx += dbeta / m
@@ -125,6 +137,9 @@ def avgpool_vjp(saved, g):
 
 
 def maxpool(x, *, size):
+    if kern := kernels_for(x):
+        y, arg = kern.maxpool(x, size)
+        return y, (x.shape, size, arg)
     xp = array_namespace(x)
     win = _windows(x, size)
     n, ho, k, wo, _, c = win.shape
@@ -135,6 +150,8 @@ def maxpool(x, *, size):
 
 def maxpool_vjp(saved, g):
     shape, k, arg = saved
+    if kern := kernels_for(g):
+        return (kern.maxpool_vjp(g, arg, shape, k),)
     xp = array_namespace(g)
     n, ho, wo, c = g.shape
     onehot = xp.arange(k * k) == arg[..., None]  # routes g to the winning tap (no scatter needed)
@@ -145,6 +162,8 @@ def maxpool_vjp(saved, g):
 # --- the rest: one-liners ---------------------------------------------------------
 
 def relu(x):
+    if kern := kernels_for(x):
+        return kern.relu(x)
     y = array_namespace(x).maximum(x, 0)
     return y, y > 0  # derivative 0 at x == 0, as PyTorch
 

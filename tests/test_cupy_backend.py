@@ -3,6 +3,8 @@
 Without CuPy and a CUDA GPU (CI) every test here skips with the reason; run them on a
 GPU machine with ``bash .ci/gpu``.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,36 @@ def test_state_stays_on_the_device():
     runner.step(Batch(np.zeros((4, 8, 8, 3), np.float32), np.arange(4) % 4, 0))
     assert all(isinstance(v, cupy.ndarray) for v in runner.params.values())
     assert all(isinstance(v, cupy.ndarray) for v in runner.state.values())
+
+
+@pytest.mark.skipif(REASON is None, reason="this machine has a GPU: the no-GPU error path is not reachable")
+def test_cli_backend_cupy_without_gpu_is_a_clear_error(capsys):
+    from backlink.cli import main
+
+    assert main(["train", "--backend", "cupy", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend cupy" in err and "--backend numpy" in err
+
+
+def test_cli_backend_names_map_to_devices():
+    from backlink.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["train", "--backend", "cupy"]).device == "cuda"
+    assert parse(["train", "--backend", "numpy"]).device == "cpu"
+    with pytest.raises(SystemExit):
+        parse(["train", "--backend", "jax"])
+
+
+@gpu
+def test_train_on_cupy_gives_the_cpu_results():
+    """``backlink train --backend cupy``: same history as on the CPU (float64, so within 1e-9)."""
+    from backlink.reference.train import RunConfig, train
+
+    cfg = RunConfig(model="cnn", dataset="digits", n_train=256, n_test=128, epochs=2, batch=64, K=2,
+                    method="backlink", dtype="float64", progress=False)
+    cpu, gpu_run = train(cfg), train(dataclasses.replace(cfg, device="cuda"))
+    assert gpu_run["peak_activation_bytes"] == cpu["peak_activation_bytes"]
+    for a, b in zip(cpu["history"], gpu_run["history"]):
+        assert a["test_acc"] == b["test_acc"]
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-9

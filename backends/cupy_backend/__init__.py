@@ -8,25 +8,14 @@ in the :class:`~backlink.spec.StepRecord`; the runner's state lives on the devic
 from __future__ import annotations
 
 from backlink.reference.backend import ReferenceBackend
+from backlink.reference.xp import require_cupy
 from backlink.spec import Capabilities
 
 __all__ = ["CupyBackend", "require_gpu"]
 
 
-def require_gpu():
-    """Return the ``cupy`` module, or raise RuntimeError saying what is missing."""
-    try:
-        import cupy
-    except ImportError as e:
-        raise RuntimeError("the cupy backend needs CuPy and a CUDA GPU: pip install 'backlink[cupy]' "
-                           "(cupy-cuda13x) on a machine with an NVIDIA GPU") from e
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError as e:
-        raise RuntimeError(f"the cupy backend found no usable CUDA device: {e}") from e
-    if n < 1:
-        raise RuntimeError("the cupy backend found no CUDA device")
-    return cupy
+#: The ``cupy`` module once a CUDA device is checked usable (clear DeviceUnavailable otherwise).
+require_gpu = require_cupy
 
 
 class CupyBackend(ReferenceBackend):
