@@ -67,12 +67,19 @@ def conv2d_vjp(saved, g):
 
 # --- batch norm (BL-2.5): batch statistics in training, running statistics in eval ---
 
+def _column_sums(a):
+    """Per-channel sums of an (M, C) array, as one GEMV: several times faster than
+    ``a.sum(axis=0)``, whose reduction runs along the strided axis, 16 lanes at a time."""
+    return array_namespace(a).ones(a.shape[0], a.dtype) @ a
+
+
 def batchnorm(x, gamma, beta, mean, var, *, momentum=0.1, eps=1e-5, training=True):
     xp = array_namespace(x)
     x2 = x.reshape(-1, x.shape[-1])  # (positions, channels): statistics per channel
-    mu = x2.mean(axis=0) if training else mean
+    m = x2.shape[0]
+    mu = _column_sums(x2) / m if training else mean
     xhat = x2 - mu
-    v = (xhat * xhat).mean(axis=0) if training else var  # biased batch variance
+    v = _column_sums(xhat * xhat) / m if training else var  # biased batch variance
     inv = 1.0 / xp.sqrt(v + eps)
     if kern := kernels_for(x):
         xhat, out = kern.bn_normalize(x2, mu, inv, gamma, beta)
@@ -86,7 +93,7 @@ def batchnorm(x, gamma, beta, mean, var, *, momentum=0.1, eps=1e-5, training=Tru
 def batchnorm_vjp(saved, g):
     xhat, gamma, inv, _, _, training = saved
     g2 = g.reshape(xhat.shape)
-    dgamma, dbeta = (g2 * xhat).sum(axis=0), g2.sum(axis=0)
+    dgamma, dbeta = _column_sums(g2 * xhat), _column_sums(g2)
     if not training:
         return g * (gamma * inv), dgamma, dbeta
     m = xhat.shape[0]
