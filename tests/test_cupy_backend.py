@@ -85,6 +85,7 @@ def test_cli_backend_names_map_to_devices():
     from backlink.cli import build_parser
 
     parse = build_parser().parse_args
+    assert parse(["train"]).device == "cpu"
     assert parse(["train", "--backend", "cupy"]).device == "cuda"
     assert parse(["train", "--backend", "numpy"]).device == "cpu"
     with pytest.raises(SystemExit):

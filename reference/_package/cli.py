@@ -65,7 +65,7 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
-    g.add_argument("--backend", dest="device", type=_backend_device, default=d.device, metavar="{numpy,cupy}",
+    g.add_argument("--backend", dest="device", type=_backend_device, default=argparse.SUPPRESS, metavar="{numpy,cupy}",
                    help="numpy (CPU, default) or cupy (CUDA GPU): the same reference code on either")
     g.add_argument("--device", default=d.device, choices=["cpu", "cuda"], help="same as --backend numpy|cupy")
     g.add_argument("--out", default=None, help="run folder for checkpoint.npz and result.json")
