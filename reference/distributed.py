@@ -35,7 +35,7 @@ from backlink.spec.pipeline import drain_ticks, module_param_ids
 from .checkpoint import save_atomic
 from .pipeline import Stage, check_problem
 
-__all__ = ["run_distributed", "read_events", "Channel", "CommTimeout"]
+__all__ = ["run_distributed", "read_events", "Channel", "CommTimeout", "end_tick", "NO_BATCH"]
 
 NO_BATCH = -1
 TAG_FORWARD, TAG_LINK = 10, 20  # +0 header, +1 data
@@ -140,6 +140,18 @@ def _save_checkpoint(stage: Stage, path: Path, tick: int) -> None:
     save_atomic(path, arrays)
 
 
+def end_tick(stage, t: int, own, link, link_out, events: list) -> None:
+    """The end of a rank's tick, for every transport (MPI here, gloo in the torch backend):
+    send this tick's cotangent of h_{k-1} back (or NO_BATCH; ``link_out`` None when nothing
+    is sent), then one update with the own term and the link term that arrived (BL-4.2.4)."""
+    if link_out:
+        link_out.send(*((own.batch, own.cotangent) if own else (NO_BATCH,)))
+    link_term = (link[0], stage.link_term(link[0], link[1])) if link else None
+    event = stage.update(t, own, link_term)
+    if event:
+        events.append(event)
+
+
 def _tick_loop(comm, stage: Stage, data, n_batches: int, n_max: int, t0: int, timeout_s: float,
                fail_at, where: dict) -> dict:
     """Run n_batches + drain ticks on this rank; return its events, losses and timings."""
@@ -178,12 +190,7 @@ def _tick_loop(comm, stage: Stage, data, n_batches: int, n_max: int, t0: int, ti
             losses[t] = own.loss
         elif fwd_out and more:
             fwd_out.send(NO_BATCH)
-        if link_out and more:
-            link_out.send(*((own.batch, own.cotangent) if own else (NO_BATCH,)))
-        link_term = (link[0], stage.link_term(link[0], link[1])) if link else None
-        event = stage.update(t, own, link_term)
-        if event:
-            events.append(event)
+        end_tick(stage, t, own, link, link_out if more else None, events)
     for ch in (fwd_out, link_out):
         if ch:
             ch.flush()

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from backlink.reference.distributed import NO_BATCH, end_tick
 from backlink.reference.pipeline import OwnTerm, PipelinedRunner, check_problem, summed_terms, update_event
 from backlink.spec import INPUT, Batch, Problem, SpecError, UpdateEvent, module_bounds
 from backlink.spec.pipeline import drain_ticks, link_param_ids, module_param_ids
@@ -41,7 +42,6 @@ from .optim import sgd_
 
 __all__ = ["TorchStage", "TorchPipelinedRunner", "run_torch_distributed"]
 
-NO_BATCH = -1
 TAG_FORWARD, TAG_LINK = 10, 20
 
 
@@ -270,12 +270,7 @@ def _tick_loop(stage: TorchStage, data, n_max: int, timeout_s: float, fail_at) -
             losses[t] = own.loss
         if fwd_out and more:
             fwd_out.send(*((own.batch, own.output, msg[2]) if own else (NO_BATCH,)))
-        if link_out and more:
-            link_out.send(*((own.batch, own.cotangent) if own else (NO_BATCH,)))
-        link_term = (link[0], stage.link_term(link[0], link[1])) if link else None
-        event = stage.update(t, own, link_term)
-        if event:
-            events.append(event)
+        end_tick(stage, t, own, link, link_out if more else None, events)
     for ch in (fwd_out, link_out):
         if ch:
             ch.flush()
