@@ -1,6 +1,6 @@
 """Run the CUDA kernels on the CPU: kernels.cu compiled by g++ behind a tiny shim.
 
-The shim makes ``__global__`` vanish and pins threadIdx/blockIdx to 0 and
+The shim makes ``__global__`` and ``__device__`` vanish and pins threadIdx/blockIdx to 0 and
 blockDim/gridDim to 1, so each kernel's grid-stride loop visits every index in turn on
 one thread. :func:`emulated` returns kernels.py's own :class:`Kernels` wrappers with a
 ctypes launcher, so the host-side code (shapes, argument order and types) under test is
@@ -28,6 +28,7 @@ struct emulated_dim3 { unsigned x, y, z; };
 static const emulated_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0};
 static const emulated_dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
 #define __global__
+#define __device__
 """
 # -ffp-contract=off: no fused multiply-add, as NVRTC with --fmad=false and as NumPy.
 GXX_FLAGS = ("-O1", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Werror", "-x", "c++")

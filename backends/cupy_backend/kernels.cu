@@ -5,12 +5,23 @@
 // atomics, no shared memory, no races), and takes `n` as its first argument.
 // Layout: NHWC, C-contiguous. Arithmetic follows reference/primitives.py operation by
 // operation; compiled with --fmad=false the results equal NumPy's bit for bit.
-// Only plain C here: the same text also compiles with g++ for the CPU emulator
+// Only plain C-style code here (no CUDA library calls): the same text also compiles with g++ for the CPU emulator
 // (tests/cuda_emulator.py).
 
 #define GRID_STRIDE_LOOP(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (long long)blockDim.x * gridDim.x)
+
+// The (n, h, w, c) coordinates of flat index i of a C-contiguous (N, H, W, C) array.
+struct nhwc { long long b, h, w, c; };
+__device__ inline nhwc unravel_nhwc(long long i, long long H, long long W, long long C) {
+    nhwc p;
+    p.c = i % C; i /= C;
+    p.w = i % W; i /= W;
+    p.h = i % H;
+    p.b = i / H;
+    return p;
+}
 
 // cols (N*Ho*Wo, k*k*C), index order (n, ho, wo, ki, kj, c) as _im2col; taps that fall
 // in the zero border read 0 (the padded copy of x is never materialised).
@@ -40,12 +51,9 @@ extern "C" __global__ void col2im(long long n, const T* dcols, T* dx,
                                   long long Ho, long long Wo, long long k,
                                   long long stride, long long pad) {
     GRID_STRIDE_LOOP(i, n) {
-        long long t = i;
-        long long c = t % C; t /= C;
-        long long w = t % W; t /= W;
-        long long h = t % H;
-        long long b = t / H;
-        long long hp = h + pad, wp = w + pad;  // coordinates in the padded input
+        nhwc p = unravel_nhwc(i, H, W, C);
+        long long b = p.b, c = p.c;
+        long long hp = p.h + pad, wp = p.w + pad;  // coordinates in the padded input
         T acc = (T)0;
         for (long long ki = 0; ki < k; ++ki) {
             long long dh = hp - ki;
@@ -108,12 +116,8 @@ extern "C" __global__ void maxpool(long long n, const T* x, T* y, long long* arg
                                    long long H, long long W, long long C,
                                    long long Ho, long long Wo, long long k) {
     GRID_STRIDE_LOOP(i, n) {
-        long long t = i;
-        long long c = t % C; t /= C;
-        long long wo = t % Wo; t /= Wo;
-        long long ho = t % Ho;
-        long long b = t / Ho;
-        const T* base = x + ((b * H + ho * k) * W + wo * k) * C + c;
+        nhwc o = unravel_nhwc(i, Ho, Wo, C);
+        const T* base = x + ((o.b * H + o.h * k) * W + o.w * k) * C + o.c;
         T best = base[0];
         long long best_tap = 0;
         for (long long ki = 0; ki < k; ++ki) {
@@ -136,18 +140,14 @@ extern "C" __global__ void maxpool_backward(long long n, const T* g, const long 
                                             T* dx, long long H, long long W, long long C,
                                             long long Ho, long long Wo, long long k) {
     GRID_STRIDE_LOOP(i, n) {
-        long long t = i;
-        long long c = t % C; t /= C;
-        long long w = t % W; t /= W;
-        long long h = t % H;
-        long long b = t / H;
-        long long ho = h / k, wo = w / k;
+        nhwc p = unravel_nhwc(i, H, W, C);
+        long long ho = p.h / k, wo = p.w / k;
         if (ho >= Ho || wo >= Wo) {
             dx[i] = (T)0;
             continue;
         }
-        long long o = ((b * Ho + ho) * Wo + wo) * C + c;
-        T hit = arg[o] == (h % k) * k + (w % k) ? (T)1 : (T)0;
+        long long o = ((p.b * Ho + ho) * Wo + wo) * C + p.c;
+        T hit = arg[o] == (p.h % k) * k + (p.w % k) ? (T)1 : (T)0;
         dx[i] = hit * g[o];
     }
 }
