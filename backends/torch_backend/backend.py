@@ -34,6 +34,7 @@ class TorchBackend:
     capabilities = Capabilities(devices=available_devices(), schedules=("synchronous",),
                                 primitives=True)
     array_module = torch  # what runners compute with (the suite's BL-6.4 device check)
+    runner = TorchRunner  # the synchronous runner class (tests/meta/mutants_torch.py swaps it)
 
     def __init__(self, device: str | None = None):
         if device is None:
@@ -57,7 +58,7 @@ class TorchBackend:
             from .distributed import TorchPipelinedRunner
 
             return TorchPipelinedRunner(problem, params, buffers)
-        return TorchRunner(problem, params, buffers, device=self.device)
+        return self.runner(problem, params, buffers, device=self.device)
 
     def primitive(self, name: str, args, attrs, cotangent):
         """BL-2.2 check hook: (output, cotangents of the inputs and parameters) of one primitive."""

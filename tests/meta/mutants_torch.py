@@ -22,17 +22,10 @@ class TorchMutant(TorchBackend):
     """The torch backend (CPU, synchronous) whose runner is ``runner``; a subclass plants a bug."""
 
     bug = "none"
-    runner = TorchRunner
 
     def __init__(self):
         super().__init__("cpu")
         self.capabilities = dataclasses.replace(self.capabilities, schedules=("synchronous",))
-
-    def prepare(self, problem, params, buffers):
-        problem.validate()
-        if problem.schedule != "synchronous":
-            raise NotImplementedError("torch mutants implement the synchronous schedule only")
-        return self.runner(problem, params, buffers)
 
 
 def mutant(bug: str):
