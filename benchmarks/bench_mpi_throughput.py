@@ -34,7 +34,7 @@ def run_args(args, method: str) -> list[str]:
 
 def single_process_worker(argv: list[str]) -> None:
     """Time the one-process run; print {"seconds", "samples"} as JSON."""
-    from backlink.reference.mpi_runner import build_parser, setup
+    from backlink.experiments.mpi_runner import build_parser, setup
     from backlink.reference.pipeline import PipelinedRunner
     from backlink.spec.pipeline import drain_ticks
 
@@ -60,13 +60,13 @@ def time_single(argv: list[str]) -> dict:
 
 
 def time_mpi(argv: list[str], n: int) -> dict:
-    from backlink.reference.mpi_runner import mpiexec_path
+    from backlink.experiments.mpi_runner import mpiexec_path
 
     exe = mpiexec_path()
     if exe is None:
         raise SystemExit("mpiexec not found: pip install 'backlink[mpi]'")
     with tempfile.TemporaryDirectory() as out:
-        cmd = [exe, "-n", str(n), sys.executable, "-m", "backlink.reference.distributed", *argv, "--out", out]
+        cmd = [exe, "-n", str(n), sys.executable, "-m", "backlink.experiments.mpi_runner", "rank", *argv, "--out", out]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
         if proc.returncode:
             raise SystemExit(f"MPI run failed:\n{proc.stderr}")
@@ -82,7 +82,7 @@ def predicted_speedup(argv: list[str], method: str, batch: int, steps: int):
         from backlink.reference.simulator import simulate
     except ImportError:
         return None
-    from backlink.reference.mpi_runner import build_parser, setup
+    from backlink.experiments.mpi_runner import build_parser, setup
 
     problem, *_ = setup(build_parser().parse_args(argv), with_data=False)
     schedule = simulate(method, **partition_costs(problem.graph, problem.partition, batch),

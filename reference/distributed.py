@@ -293,8 +293,3 @@ def read_events(path) -> list[UpdateEvent]:
     rows = json.loads(Path(path).read_text())["events"]
     return [UpdateEvent(t, m, tuple(p), tuple(l), tuple(b)) for t, m, p, l, b in rows]
 
-
-if __name__ == "__main__":
-    from .mpi_runner import main
-
-    raise SystemExit(main())

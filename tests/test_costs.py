@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from backlink.cli import main
+from backlink.experiments.cli import main
 from backlink.reference.costs import PAPER_CLAIMS, cost_rows, format_paper_table, paper_footer
 from backlink.reference.flops import partition_costs
 from backlink.reference.memory import activation_bytes

@@ -74,7 +74,7 @@ def test_state_stays_on_the_device():
 
 @pytest.mark.skipif(REASON is None, reason="this machine has a GPU: the no-GPU error path is not reachable")
 def test_cli_backend_cupy_without_gpu_is_a_clear_error(capsys):
-    from backlink.cli import main
+    from backlink.experiments.cli import main
 
     assert main(["train", "--backend", "cupy", "--epochs", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -82,7 +82,7 @@ def test_cli_backend_cupy_without_gpu_is_a_clear_error(capsys):
 
 
 def test_cli_backend_names_map_to_devices():
-    from backlink.cli import build_parser
+    from backlink.experiments.cli import build_parser
 
     parse = build_parser().parse_args
     assert parse(["train"]).device == "cpu"
@@ -95,7 +95,7 @@ def test_cli_backend_names_map_to_devices():
 @gpu
 def test_train_on_cupy_gives_the_cpu_results():
     """``backlink train --backend cupy``: same history as on the CPU (float64, so within 1e-9)."""
-    from backlink.reference.train import RunConfig, train
+    from backlink.experiments.train import RunConfig, train
 
     cfg = RunConfig(model="cnn", dataset="digits", n_train=256, n_test=128, epochs=2, batch=64, K=2,
                     method="backlink", dtype="float64", progress=False)

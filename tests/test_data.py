@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backlink.reference import data
-from backlink.reference.data import DataNotFound, load
-from backlink.reference.datasets_formats import DataFormatError, read_idx
+from backlink.experiments import data
+from backlink.experiments.data import DataNotFound, load
+from backlink.experiments.datasets_formats import DataFormatError, read_idx
 
 # --------------------------------------------------------------------------- fixtures
 

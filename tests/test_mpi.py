@@ -1,6 +1,6 @@
 """BL-4.2.11: the MPI runner (one module per rank) against the single-process PipelinedRunner.
 
-Each test spawns ``mpiexec -n K python -m backlink.reference.distributed`` on a tiny MLP
+Each test spawns ``mpiexec -n K python -m backlink.experiments.mpi_runner rank`` on a tiny MLP
 and compares the update events exactly and the parameters within the float64 ``steps``
 tolerance; the fault tests check that a failing or hanging rank ends the whole job.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backlink.reference.mpi_runner import build_parser, mpiexec_path, setup
+from backlink.experiments.mpi_runner import build_parser, mpiexec_path, setup
 from backlink.reference.pipeline import PipelinedRunner
 from backlink.spec import tolerance
 from backlink.spec.pipeline import drain_ticks
@@ -30,7 +30,7 @@ BASE = ["--model", "mlp", "--dataset", "digits", "--n-train", "200", "--batch", 
 
 
 def mpirun(n, argv, timeout=120):
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "backlink.reference.distributed", *argv]
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "backlink.experiments.mpi_runner", "rank", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -116,7 +116,7 @@ def test_wrong_number_of_ranks_is_named():
 def test_launcher_runs_mpiexec(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = BASE + ["--K", "2", "--method", "greedy", "--steps", "3", "--out", str(tmp_path)]
-    proc = subprocess.run([sys.executable, "-m", "backlink.reference.mpi_runner", *argv],
+    proc = subprocess.run([sys.executable, "-m", "backlink.experiments.mpi_runner", *argv],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "on 2 ranks" in proc.stdout

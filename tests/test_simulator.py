@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from backlink.reference.flops import flop_costs, head_flop_costs, partition_costs
-from backlink.reference.gantt import plot_gantt
+from backlink.experiments.gantt import plot_gantt
 from backlink.reference.models import make_partition, mlp, small_cnn
 from backlink.reference.simulator import METHODS, compare, simulate
 from backlink.spec.graph import INPUT, ArraySpec, Graph, Op, SpecError, Unit

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from backlink.cli import main
-from backlink.reference import data as datasets
-from backlink.reference.train import RunConfig, TrainingDiverged, compare, format_table, train
+from backlink.experiments.cli import main
+from backlink.experiments import data as datasets
+from backlink.experiments.train import RunConfig, TrainingDiverged, compare, format_table, train
 
 
 def tiny(tmp_path, **kw):

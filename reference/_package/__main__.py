@@ -1,3 +1,3 @@
-from backlink.cli import main
+from backlink.experiments.cli import main
 
 raise SystemExit(main())

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backlink.backends.torch_backend import BackLink
-from backlink.reference.data import DataNotFound, batches, load, normalize
+from backlink.experiments.data import DataNotFound, batches, load, normalize
 
 
 class BasicBlock(nn.Module):

@@ -2,11 +2,11 @@
 
 Rank program (one module per rank)::
 
-    mpiexec -n 2 python -m backlink.reference.distributed --model mlp --K 2 --dataset digits --steps 50
+    mpiexec -n 2 python -m backlink.experiments.mpi_runner rank --model mlp --K 2 --dataset digits --steps 50
 
 Launcher (spawns ``mpiexec -n K`` itself)::
 
-    python -m backlink.reference.mpi_runner --model mlp --K 2 --dataset digits --steps 50
+    python -m backlink.experiments.mpi_runner --model mlp --K 2 --dataset digits --steps 50
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m backlink.reference.distributed",
+    p = argparse.ArgumentParser(prog="python -m backlink.experiments.mpi_runner rank",
                                 description="Pipelined BackLink / greedy training, one module per MPI rank")
     add_arguments(p)
     return p
@@ -80,7 +80,7 @@ def _run_config(args):
 def setup(args, with_data: bool = True) -> tuple[Problem, dict, dict, list[Batch] | None]:
     """The problem, initial values and batches a run with these arguments uses, on any rank."""
     from . import data as datasets
-    from .models import init_params
+    from backlink.reference.models import init_params
     from .train import _setup
 
     cfg = _run_config(args)
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     """The rank program: every rank of ``mpiexec -n K`` runs this."""
     from mpi4py import MPI
 
-    from .distributed import run_distributed
+    from backlink.reference.distributed import run_distributed
 
     args = build_parser().parse_args(argv)
     rank = MPI.COMM_WORLD.rank
@@ -153,7 +153,7 @@ def launch(argv: list[str], timeout: float | None = None) -> subprocess.Complete
     if exe is None:
         raise FileNotFoundError("mpiexec not found: pip install 'backlink[mpi]' (mpi4py + the mpich wheel)")
     n = n_ranks(build_parser().parse_args(argv))
-    cmd = [exe, "-n", str(n), sys.executable, "-m", "backlink.reference.distributed", *argv]
+    cmd = [exe, "-n", str(n), sys.executable, "-m", "backlink.experiments.mpi_runner", "rank", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.run(cmd, timeout=timeout, env=env)
 
@@ -181,5 +181,7 @@ def _argv(args) -> list[str]:
     return out
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # "rank ARGS": the rank program under mpiexec; otherwise the launcher
+    if sys.argv[1:2] == ["rank"]:
+        raise SystemExit(main(sys.argv[2:]))
     raise SystemExit(launch(sys.argv[1:]).returncode)

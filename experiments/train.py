@@ -16,12 +16,12 @@ import numpy as np
 
 from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem
 
-from .checkpoint import save_atomic
+from backlink.reference.checkpoint import save_atomic
 from . import data as datasets
-from .backend import ReferenceRunner
-from .backlink import accuracy, gradients, predict
-from .models import build_model, even_cuts, init_params, make_partition
-from .xp import namespace_for, to_host
+from backlink.reference.backend import ReferenceRunner
+from backlink.reference.backlink import accuracy, gradients, predict
+from backlink.reference.models import build_model, even_cuts, init_params, make_partition
+from backlink.reference.xp import namespace_for, to_host
 
 __all__ = ["RunConfig", "TrainingDiverged", "train", "compare", "format_table"]
 

@@ -3,7 +3,7 @@
 Every reader takes explicit paths and returns raw arrays: images ``uint8`` NHWC and
 labels ``int64``. Malformed files raise :class:`DataFormatError` naming the file and
 what was expected. Finding the files (and the ``DataNotFound`` advice) is the job of
-:mod:`backlink.reference.data`.
+:mod:`backlink.experiments.data`.
 
 Formats:
 

@@ -31,7 +31,7 @@ def _backend_device(name: str) -> str:
 
 
 def _run_args(p: argparse.ArgumentParser, with_method: bool) -> None:
-    from backlink.reference.train import RunConfig
+    from backlink.experiments.train import RunConfig
 
     d = RunConfig()
     g = p.add_argument_group("model and method")
@@ -74,14 +74,14 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool) -> None:
 
 
 def _config(args):
-    from backlink.reference.train import RunConfig
+    from backlink.experiments.train import RunConfig
 
     names = {f.name for f in dataclasses.fields(RunConfig)}
     return RunConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def cmd_train(args) -> int:
-    from backlink.reference.train import format_table, train
+    from backlink.experiments.train import format_table, train
 
     result = train(_config(args))
     print(format_table([result]))
@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from backlink.reference.train import compare, format_table
+    from backlink.experiments.train import compare, format_table
 
     results = compare(_config(args), methods=args.methods, plot=args.plot)
     cfg = results[0]["config"]
@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["bp", "greedy", "backlink"])
     c.add_argument("--plot", default=None, help="save accuracy curves to this PNG")
     c.set_defaults(func=cmd_compare)
-    for extra in ("costs", "mpi_runner"):  # subcommands contributed by other modules
+    for extra in ("reference.costs", "experiments.mpi_runner"):  # subcommands contributed by other modules
         try:
-            mod = __import__(f"backlink.reference.{extra}", fromlist=["add_subcommand"])
+            mod = __import__(f"backlink.{extra}", fromlist=["add_subcommand"])
         except ImportError:
             continue
         if hasattr(mod, "add_subcommand"):

@@ -1,7 +1,7 @@
 """Gantt chart of a simulated pipeline schedule (matplotlib imported only when drawing)."""
 from __future__ import annotations
 
-from .simulator import KINDS, Schedule
+from backlink.reference.simulator import KINDS, Schedule
 
 __all__ = ["KIND_COLOURS", "plot_gantt"]
 
