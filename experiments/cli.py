@@ -18,18 +18,6 @@ def _cuts(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--cuts must be comma-separated unit indices, e.g. 2,4,6; got {text!r}")
 
 
-#: --backend NAME -> the reference's array device (the CLI trains with the reference engine).
-BACKEND_DEVICES = {"numpy": "cpu", "cupy": "cuda"}
-
-
-def _backend_device(name: str) -> str:
-    if name not in BACKEND_DEVICES:
-        hint = (" (train torch models with backlink.backends.torch_backend.api.BackLink; see "
-                "python -m backlink.backends.torch_backend.examples.train_resnet)") if name == "torch" else ""
-        raise argparse.ArgumentTypeError(f"--backend is {name!r}; allowed: {', '.join(BACKEND_DEVICES)}{hint}")
-    return BACKEND_DEVICES[name]
-
-
 def _run_args(p: argparse.ArgumentParser, with_method: bool) -> None:
     from backlink.experiments.train import RunConfig
 
@@ -65,9 +53,12 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
-    g.add_argument("--backend", dest="device", type=_backend_device, default=argparse.SUPPRESS, metavar="{numpy,cupy}",
-                   help="numpy (CPU, default) or cupy (CUDA GPU): the same reference code on either")
-    g.add_argument("--device", default=d.device, choices=["cpu", "cuda"], help="same as --backend numpy|cupy")
+    g.add_argument("--backend", default=d.backend, metavar="NAME",
+                   help="numpy (the reference, default), cupy (the reference on a GPU), torch, or "
+                        "package.module:Class (a backend defined elsewhere; BL-6)")
+    g.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
+                   help="for backends that take one (torch: default cuda if available, else cpu); "
+                        "with the reference, cuda means --backend cupy")
     g.add_argument("--out", default=None, help="run folder for checkpoint.npz and result.json")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     g.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
