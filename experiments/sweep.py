@@ -116,8 +116,8 @@ class _Reporter:
     def __init__(self, q, every: float = 2.0):
         self.q, self.every, self.n, self.last = q, every, 0, time.monotonic()
 
-    def __call__(self, n: int) -> None:
-        self.n += n
+    def __call__(self, losses: dict) -> None:
+        self.n += 1
         if time.monotonic() - self.last >= self.every:
             self.flush()
 
@@ -131,29 +131,32 @@ _QUEUE = None
 
 
 def _init_worker(q) -> None:
+    """Runs in each worker; its one thread comes from THREAD_VARS, set before the spawn."""
     global _QUEUE
     _QUEUE = q
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
 
 
-def _run_cell(cfg: RunConfig) -> dict:
+def _run_cell(cfg: RunConfig, on_step=None) -> dict:
     """Train one cell (resuming from its checkpoint); a divergence is recorded, not raised."""
-    reporter = _Reporter(_QUEUE) if _QUEUE is not None else None
     ds = _dataset(cfg.dataset, cfg.data_root, cfg.n_train, cfg.n_test, cfg.seed)
     try:
-        return train(cfg, ds, on_steps=reporter)
+        return train(cfg, ds, on_step=on_step)
     except TrainingDiverged as e:
         record = {"config": dataclasses.asdict(cfg), "diverged": str(e)}
         (Path(cfg.out) / DIVERGED).write_text(json.dumps(record, indent=2))
         return record
+
+
+def _run_cell_in_worker(cfg: RunConfig) -> dict:
+    if cfg.backend == "torch":  # torch reads OMP_NUM_THREADS too; this makes it explicit
+        import torch
+
+        torch.set_num_threads(1)
+    reporter = _Reporter(_QUEUE)
+    try:
+        return _run_cell(cfg, reporter)
     finally:
-        if reporter:
-            reporter.flush()
+        reporter.flush()
 
 
 def run_sweep(base: RunConfig, grid: Grid, out: str, jobs: int = 1, progress: bool = True) -> list[dict]:
@@ -194,14 +197,8 @@ def run_sweep(base: RunConfig, grid: Grid, out: str, jobs: int = 1, progress: bo
 
 def _execute(configs: list[RunConfig], jobs: int, bar) -> None:
     if jobs == 1 or len(configs) <= 1:
-        _init_worker(None)
         for cfg in configs:
-            ds = _dataset(cfg.dataset, cfg.data_root, cfg.n_train, cfg.n_test, cfg.seed)
-            try:
-                train(cfg, ds, on_steps=bar.update if bar else None)
-            except TrainingDiverged as e:
-                (Path(cfg.out) / DIVERGED).write_text(json.dumps(
-                    {"config": dataclasses.asdict(cfg), "diverged": str(e)}, indent=2))
+            _run_cell(cfg, (lambda _: bar.update()) if bar else None)
         return
     import multiprocessing as mp
 
@@ -211,7 +208,7 @@ def _execute(configs: list[RunConfig], jobs: int, bar) -> None:
     q = ctx.Manager().Queue()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                              initargs=(q,)) as pool:
-        pending = {pool.submit(_run_cell, cfg) for cfg in configs}
+        pending = {pool.submit(_run_cell_in_worker, cfg) for cfg in configs}
         try:
             while pending:
                 finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
