@@ -25,13 +25,14 @@ from . import data as datasets
 from .checkpoints import CHECKPOINT
 from .train import RESULT, RunConfig, TrainingDiverged, build_problem, train
 
-__all__ = ["Grid", "cells", "run_sweep", "load_results", "GRID_FIELDS", "DIVERGED"]
+__all__ = ["Grid", "cells", "run_sweep", "load_results", "wall_seconds", "GRID_FIELDS", "DIVERGED", "SESSIONS"]
 
 #: RunConfig fields a grid sets per cell; the rest is the sweep's base config.
 GRID_FIELDS = ("method", "K", "link_length", "beta", "head", "seed")
 #: Per-run fields that are not part of what a run computes.
 RUN_ONLY = ("out", "resume", "progress")
 DIVERGED = "diverged.json"
+SESSIONS = "sessions.json"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -181,6 +182,9 @@ def run_sweep(base: RunConfig, grid: Grid, out: str, jobs: int = 1, progress: bo
         if d < t:
             todo.append((d > 0, name, cfg))
     todo.sort(key=lambda item: not item[0])  # the interrupted cell first
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": jobs,
+               "runs_to_do": len(todo), "cpus": os.cpu_count()}
+    t0 = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -189,10 +193,26 @@ def run_sweep(base: RunConfig, grid: Grid, out: str, jobs: int = 1, progress: bo
                    desc=f"sweep: {len(todo)} of {len(cells(base, grid))} runs to do")
     try:
         _execute([cfg for _, _, cfg in todo], jobs, bar)
+        session["completed"] = True
     finally:
         if bar:
             bar.close()
+        session["seconds"] = time.perf_counter() - t0
+        _log_session(root, session)
     return load_results(root, base, grid)
+
+
+def _log_session(root: Path, session: dict) -> None:
+    """Append this invocation to ``sessions.json``: the sweep's wall time is their sum."""
+    path = root / SESSIONS
+    sessions = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps(sessions + [session], indent=1))
+
+
+def wall_seconds(root) -> float:
+    """Wall time of every invocation of the sweep in ``root``, summed (0 when none logged)."""
+    path = Path(root) / SESSIONS
+    return sum(s["seconds"] for s in json.loads(path.read_text())) if path.exists() else 0.0
 
 
 def _execute(configs: list[RunConfig], jobs: int, bar) -> None:

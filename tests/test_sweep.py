@@ -111,3 +111,28 @@ def test_cli_sweep_writes_table_csv_json_and_plots(tmp_path, capsys):
     assert meta["command"].startswith("backlink sweep --model cnn")
     for name in ("acc_vs_K", "acc_vs_P", "acc_vs_memory", "curves"):
         assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000
+
+
+def test_report_rewrites_only_the_marked_block_and_is_reproducible(tmp_path):
+    from backlink.experiments import report
+
+    pytest.importorskip("matplotlib")
+    sweep_dir = tmp_path / "sweep"
+    assert main(["sweep", "--model", "cnn", "--dataset", "synthetic", "--n-train", "64", "--n-test", "32",
+                 "--epochs", "1", "--batch", "32", "--K", "2", "--seeds", "0", "--quiet", "--no-plot",
+                 "--out", str(sweep_dir)]) == 0
+    page = tmp_path / "page.md"
+    page.write_text("# Results\n\nbefore\n<!-- results:t start -->\nold\n<!-- results:t end -->\nafter\n")
+    results = tmp_path / "results"
+    assert report.main([str(sweep_dir), "--name", "t", "--results-dir", str(results), "--page", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Results\n\nbefore\n") and text.endswith("after\n") and "old" not in text
+    assert "| backlink | 2 | 1 | 1 |" in text and "backlink sweep --model cnn" in text and "Wall time" in text
+    assert (results / "t.csv").exists() and (results / "t/acc_vs_K.png").exists()
+    # from the committed JSON alone: the same page
+    assert report.main([str(results / "t.json"), "--name", "t", "--results-dir", str(results),
+                        "--page", str(page)]) == 0
+    assert page.read_text() == text
+    (tmp_path / "bare.md").write_text("no markers\n")
+    assert report.main([str(results / "t.json"), "--name", "t", "--results-dir", str(results),
+                        "--page", str(tmp_path / "bare.md"), "--no-plots"]) == 2
