@@ -307,12 +307,12 @@ def token_linear_vjp(saved, g):
 def transpose(x, *, perm):
     """A copy in the new order (not a view): what follows (reshape, matmul) reads it densely."""
     axes = (0,) + tuple(p + 1 for p in perm)
-    return array_namespace(x).ascontiguousarray(x.transpose(axes)), axes
+    return x.transpose(axes).copy(), axes  # copy() even where the transpose is already dense
 
 
 def transpose_vjp(axes, g):
     inverse = tuple(sorted(range(len(axes)), key=axes.__getitem__))
-    return (array_namespace(g).ascontiguousarray(g.transpose(inverse)),)
+    return (g.transpose(inverse).copy(),)
 
 
 def softmax(x):
