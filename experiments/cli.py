@@ -108,7 +108,7 @@ def cmd_compare(args) -> int:
 def cmd_sweep(args) -> int:
     from backlink.experiments.aggregate import format_summary, summarize, write_summary
     from backlink.experiments.plots import plot_sweep
-    from backlink.experiments.sweep import Grid, run_sweep
+    from backlink.experiments.sweep import Grid, run_sweep, wall_seconds
     from backlink.experiments.train import RunConfig
 
     names = {f.name for f in dataclasses.fields(RunConfig)} - {"K", "link_length", "beta", "head", "seed"}
@@ -118,7 +118,8 @@ def cmd_sweep(args) -> int:
     results = run_sweep(base, grid, args.out, jobs=args.jobs, progress=args.progress)
     rows = summarize(results)
     write_summary(rows, args.out, meta={"command": "backlink " + shlex.join(args.argv), "grid": dataclasses.asdict(grid),
-                                        "base": dataclasses.asdict(base)})
+                                        "base": dataclasses.asdict(base), "jobs": args.jobs,
+                                        "wall_seconds": wall_seconds(args.out)})
     print(f"\n{base.model} on {base.dataset}, {base.epochs} epochs, batch {base.batch}, backend {base.backend}, "
           f"seeds {list(grid.seeds)} (mean ± std over seeds)")
     print(format_summary(rows))

@@ -25,13 +25,14 @@ from . import data as datasets
 from .checkpoints import CHECKPOINT
 from .train import RESULT, RunConfig, TrainingDiverged, build_problem, train
 
-__all__ = ["Grid", "cells", "run_sweep", "load_results", "GRID_FIELDS", "DIVERGED"]
+__all__ = ["Grid", "cells", "run_sweep", "load_results", "wall_seconds", "GRID_FIELDS", "DIVERGED", "SESSIONS"]
 
 #: RunConfig fields a grid sets per cell; the rest is the sweep's base config.
 GRID_FIELDS = ("method", "K", "link_length", "beta", "head", "seed")
 #: Per-run fields that are not part of what a run computes.
 RUN_ONLY = ("out", "resume", "progress")
 DIVERGED = "diverged.json"
+SESSIONS = "sessions.json"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -116,8 +117,8 @@ class _Reporter:
     def __init__(self, q, every: float = 2.0):
         self.q, self.every, self.n, self.last = q, every, 0, time.monotonic()
 
-    def __call__(self, n: int) -> None:
-        self.n += n
+    def __call__(self, losses: dict) -> None:
+        self.n += 1
         if time.monotonic() - self.last >= self.every:
             self.flush()
 
@@ -131,29 +132,32 @@ _QUEUE = None
 
 
 def _init_worker(q) -> None:
+    """Runs in each worker; its one thread comes from THREAD_VARS, set before the spawn."""
     global _QUEUE
     _QUEUE = q
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
 
 
-def _run_cell(cfg: RunConfig) -> dict:
+def _run_cell(cfg: RunConfig, on_step=None) -> dict:
     """Train one cell (resuming from its checkpoint); a divergence is recorded, not raised."""
-    reporter = _Reporter(_QUEUE) if _QUEUE is not None else None
     ds = _dataset(cfg.dataset, cfg.data_root, cfg.n_train, cfg.n_test, cfg.seed)
     try:
-        return train(cfg, ds, on_steps=reporter)
+        return train(cfg, ds, on_step=on_step)
     except TrainingDiverged as e:
         record = {"config": dataclasses.asdict(cfg), "diverged": str(e)}
         (Path(cfg.out) / DIVERGED).write_text(json.dumps(record, indent=2))
         return record
+
+
+def _run_cell_in_worker(cfg: RunConfig) -> dict:
+    if cfg.backend == "torch":  # torch reads OMP_NUM_THREADS too; this makes it explicit
+        import torch
+
+        torch.set_num_threads(1)
+    reporter = _Reporter(_QUEUE)
+    try:
+        return _run_cell(cfg, reporter)
     finally:
-        if reporter:
-            reporter.flush()
+        reporter.flush()
 
 
 def run_sweep(base: RunConfig, grid: Grid, out: str, jobs: int = 1, progress: bool = True) -> list[dict]:
@@ -178,6 +182,9 @@ def run_sweep(base: RunConfig, grid: Grid, out: str, jobs: int = 1, progress: bo
         if d < t:
             todo.append((d > 0, name, cfg))
     todo.sort(key=lambda item: not item[0])  # the interrupted cell first
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": jobs,
+               "runs_to_do": len(todo), "cpus": os.cpu_count()}
+    t0 = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -186,22 +193,32 @@ def run_sweep(base: RunConfig, grid: Grid, out: str, jobs: int = 1, progress: bo
                    desc=f"sweep: {len(todo)} of {len(cells(base, grid))} runs to do")
     try:
         _execute([cfg for _, _, cfg in todo], jobs, bar)
+        session["completed"] = True
     finally:
         if bar:
             bar.close()
+        session["seconds"] = time.perf_counter() - t0
+        _log_session(root, session)
     return load_results(root, base, grid)
+
+
+def _log_session(root: Path, session: dict) -> None:
+    """Append this invocation to ``sessions.json``: the sweep's wall time is their sum."""
+    path = root / SESSIONS
+    sessions = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps(sessions + [session], indent=1))
+
+
+def wall_seconds(root) -> float:
+    """Wall time of every invocation of the sweep in ``root``, summed (0 when none logged)."""
+    path = Path(root) / SESSIONS
+    return sum(s["seconds"] for s in json.loads(path.read_text())) if path.exists() else 0.0
 
 
 def _execute(configs: list[RunConfig], jobs: int, bar) -> None:
     if jobs == 1 or len(configs) <= 1:
-        _init_worker(None)
         for cfg in configs:
-            ds = _dataset(cfg.dataset, cfg.data_root, cfg.n_train, cfg.n_test, cfg.seed)
-            try:
-                train(cfg, ds, on_steps=bar.update if bar else None)
-            except TrainingDiverged as e:
-                (Path(cfg.out) / DIVERGED).write_text(json.dumps(
-                    {"config": dataclasses.asdict(cfg), "diverged": str(e)}, indent=2))
+            _run_cell(cfg, (lambda _: bar.update()) if bar else None)
         return
     import multiprocessing as mp
 
@@ -211,7 +228,7 @@ def _execute(configs: list[RunConfig], jobs: int, bar) -> None:
     q = ctx.Manager().Queue()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                              initargs=(q,)) as pool:
-        pending = {pool.submit(_run_cell, cfg) for cfg in configs}
+        pending = {pool.submit(_run_cell_in_worker, cfg) for cfg in configs}
         try:
             while pending:
                 finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)

@@ -105,11 +105,11 @@ def _step_fn(runner, lean: bool) -> Callable[[Batch], dict]:
     return runner.train_step if lean else (lambda b: runner.step(b).losses)
 
 
-def train(cfg: RunConfig, ds=None, backend=None, on_steps: Callable[[int], None] | None = None) -> dict:
+def train(cfg: RunConfig, ds=None, backend=None, on_step: Callable[[dict], None] | None = None) -> dict:
     """Train one method; returns the result dict (also written to ``out/result.json``).
 
     ``backend``: a backend object (default: ``make_backend(cfg.backend, cfg.device)``).
-    ``on_steps(n)``: called with the number of steps done since its last call (progress).
+    ``on_step(losses)``: called after every step with its losses (loss id -> value).
     """
     ds = ds or datasets.load(cfg.dataset, root=cfg.data_root, n_train=cfg.n_train, n_test=cfg.n_test,
                              seed=cfg.seed)
@@ -151,8 +151,8 @@ def train(cfg: RunConfig, ds=None, backend=None, on_steps: Callable[[int], None]
                     f"stopped. Lower 'lr' (now {cfg.lr}) or check the data. "
                     + (f"The last good checkpoint ({ckpt}) is intact." if ckpt else "No checkpoint was written."))
             losses.append(loss[max(loss)])
-            if on_steps:
-                on_steps(1)
+            if on_step:
+                on_step(loss)
         train_seconds = time.perf_counter() - t0
         acc = evaluate(runner, x_test, ds.y_test)
         progress["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "test_acc": acc,
