@@ -9,7 +9,7 @@ from .partition import (METHODS, Method, Partition, Reach, module_bounds, reach_
 from .protocol import Backend, Batch, Capabilities, Runner, StepRecord
 from .tolerances import TOLERANCES, tolerance
 
-SPEC_VERSION = "0.1"
+SPEC_VERSION = "0.2"
 
 __all__ = ["SPEC_VERSION", "DTYPES", "SCHEDULES", "LRSchedule", "Optimizer", "Problem",
            "UpdateEvent", "INPUT", "PRIMITIVES", "ArraySpec", "Graph", "Op", "SpecError", "Unit",
