@@ -37,6 +37,13 @@ RESIDUALS = {
     "maxpool": "int64 argmax indices, 8 bytes per output element",
     "avgpool": "nothing", "global_avgpool": "nothing", "add": "nothing",
     "flatten": "nothing", "reshape": "nothing",
+    # BL-2.7 token sequences
+    "patch_embed": "its input x (a value)", "token_linear": "its input x (a value)",
+    "gelu": "its input x (a value)", "matmul": "both inputs (values)",
+    "softmax": "its output (a value)",
+    "layernorm": "xhat (shape of x) + 1/std (one element per token)",
+    "pos_embed": "nothing", "transpose": "nothing (its output is a copy)", "scale": "nothing",
+    "token_mean": "nothing",
 }
 _VIEWS = ("flatten", "reshape")  # outputs that are views of their input
 
@@ -82,6 +89,13 @@ class _Layout:
             return [(("mask", op.out), self.nbytes(x, 1))]
         if op.prim == "maxpool":
             return [(("argmax", op.out), self.nbytes(op.out, 8))]
+        if op.prim in ("patch_embed", "token_linear", "gelu", "matmul"):
+            return [self.value(v) for v in op.inputs]
+        if op.prim == "softmax":
+            return [self.value(op.out)]
+        if op.prim == "layernorm":
+            per_token = math.prod(self.shapes[x][:-1])
+            return [(("xhat", op.out), self.nbytes(x)), (("stats", op.out), self.n * per_token * self.s)]
         return []
 
     def input_cotangents(self, op, g: _Cot) -> list[_Cot]:
@@ -89,6 +103,10 @@ class _Layout:
         x = op.inputs[0]
         if op.prim == "add":
             return [g, g]  # the same buffer for both inputs
+        if op.prim == "pos_embed":
+            return [g]  # the input's cotangent is the output's
+        if op.prim == "token_mean":  # a broadcast of an (n, D) buffer
+            return [_Cot(self.n * self.shapes[x][-1] * self.s, dense=False)]
         if op.prim in _VIEWS:
             return [g if g.dense else _Cot(self.nbytes(x))]
         if op.prim == "conv2d" and op.kw.get("padding", 0) and op.kw.get("stride", 1) > 1:

@@ -336,3 +336,113 @@ def cross_entropy_vjp(saved, g):
     d = xp.exp(logp)
     d[xp.arange(len(y)), y] -= 1
     return d * (g / len(y))
+
+
+# --- BL-2.7 token sequences (Vision Transformers): per sample (T, D) -------------------
+# Residuals are values the engine keeps anyway (inputs, outputs) or, for layer norm,
+# xhat and 1/std: the memory model (memory.RESIDUALS) names exactly these.
+
+def _patches(x, p):
+    """(n, T, p*p*C) rows of non-overlapping p x p patches, row-major over patches and inside one."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, (h // p) * (w // p), p * p * c)
+
+
+def patch_embed(x, w, b, *, patch, out):
+    return _patches(x, patch) @ w.reshape(-1, out) + b, (x, w, patch)
+
+
+def patch_embed_vjp(saved, g):
+    x, w, p = saved
+    n, h, wd, c = x.shape
+    w2, g2 = w.reshape(-1, w.shape[-1]), g.reshape(-1, g.shape[-1])
+    dw = (_patches(x, p).reshape(-1, w2.shape[0]).T @ g2).reshape(w.shape)  # patches recomputed, as conv
+    dx = (g @ w2.T).reshape(n, h // p, wd // p, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(x.shape)
+    return dx, dw, _column_sums(g2)
+
+
+def layernorm(x, gamma, beta, *, eps=1e-5):
+    xp = array_namespace(x)
+    xhat = x - x.mean(axis=-1, keepdims=True)
+    inv = 1.0 / xp.sqrt((xhat * xhat).mean(axis=-1, keepdims=True) + eps)  # biased variance, eps inside
+    xhat *= inv
+    return xhat * gamma + beta, (xhat, gamma, inv)
+
+
+def layernorm_vjp(saved, g):
+    xhat, gamma, inv = saved
+    d = g.shape[-1]
+    gx = g * gamma
+    # d/dx of (x - mean) / std over the last axis: project out the mean and the xhat direction
+    dx = inv * (gx - gx.mean(axis=-1, keepdims=True) - xhat * (gx * xhat).mean(axis=-1, keepdims=True))
+    return dx, _column_sums((g * xhat).reshape(-1, d)), _column_sums(g.reshape(-1, d))
+
+
+GELU_C, GELU_A = (2.0 / 3.141592653589793) ** 0.5, 0.044715
+
+
+def gelu(x):
+    """Tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (PyTorch approximate='tanh')."""
+    t = array_namespace(x).tanh(GELU_C * (x + GELU_A * x * x * x))
+    return 0.5 * x * (1.0 + t), x
+
+
+def gelu_vjp(x, g):
+    t = array_namespace(x).tanh(GELU_C * (x + GELU_A * x * x * x))  # recomputed: x is kept anyway
+    return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3 * GELU_A * x * x)),)
+
+
+def token_linear(x, w, b, *, out):
+    return x @ w + b, (x, w)
+
+
+def token_linear_vjp(saved, g):
+    x, w = saved
+    g2 = g.reshape(-1, g.shape[-1])
+    return g @ w.T, x.reshape(-1, x.shape[-1]).T @ g2, _column_sums(g2)
+
+
+def transpose(x, *, perm):
+    """A copy in the new order (not a view): what follows (reshape, matmul) reads it densely."""
+    axes = (0,) + tuple(p + 1 for p in perm)
+    return x.transpose(axes).copy(), axes  # copy() even where the transpose is already dense
+
+
+def transpose_vjp(axes, g):
+    inverse = tuple(sorted(range(len(axes)), key=axes.__getitem__))
+    return (g.transpose(inverse).copy(),)
+
+
+def softmax(x):
+    """Over the last axis; the row maximum is subtracted first (exp never overflows)."""
+    xp = array_namespace(x)
+    y = xp.exp(x - x.max(axis=-1, keepdims=True))
+    y /= y.sum(axis=-1, keepdims=True)
+    return y, y
+
+
+def softmax_vjp(y, g):
+    return (y * (g - (g * y).sum(axis=-1, keepdims=True)),)  # J = diag(y) - y y^T per row
+
+
+def token_mean(x):
+    return x.mean(axis=1), x.shape
+
+
+def token_mean_vjp(shape, g):
+    return (array_namespace(g).broadcast_to((g / shape[1])[:, None, :], shape),)
+
+
+PRIMS.update({
+    "patch_embed": Primitive(patch_embed, patch_embed_vjp),
+    "pos_embed": Primitive(lambda x, pos: (x + pos, None), lambda _, g: (g, g.sum(axis=0))),
+    "layernorm": Primitive(layernorm, layernorm_vjp),
+    "gelu": Primitive(gelu, gelu_vjp),
+    "token_linear": Primitive(token_linear, token_linear_vjp),
+    "matmul": Primitive(lambda a, b: (a @ b, (a, b)),
+                        lambda s, g: (g @ s[1].swapaxes(-1, -2), s[0].swapaxes(-1, -2) @ g)),
+    "transpose": Primitive(transpose, transpose_vjp),
+    "scale": Primitive(lambda x, *, factor: (x * factor, factor), lambda f, g: (g * f,)),
+    "softmax": Primitive(softmax, softmax_vjp),
+    "token_mean": Primitive(token_mean, token_mean_vjp),
+})
