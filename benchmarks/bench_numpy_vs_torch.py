@@ -1,45 +1,99 @@
-"""Training-step time: the NumPy reference vs the PyTorch backend (CPU), same graph, same run.
+"""Training-step time: NumPy reference vs PyTorch backend vs plain PyTorch, same model, one run.
 
     python benchmarks/bench_numpy_vs_torch.py [--depth 32] [--batch 128] [--repeats 3]
-                                              [--K 4] [--P 1] [--threads N] [--clock wall|cpu]
-                                              [--profile]
+        [--threads 1 2] [--configs all|block|quick] [--numpy-threading workers|blas]
+        [--no-plain] [--blas-check] [--profile] [--demo]
 
-Both backends run one synchronous step (forward, BL-3.7 gradients, SGD with momentum)
-of a CIFAR ResNet on 32x32x3 float32 inputs for BP, greedy (K modules) and BackLink
-(K modules, link length P), through the conformance runners (``prepare`` + ``step``).
-Each time is the median of ``--repeats`` steps after one warm-up step. NumPy's BLAS
-and torch get the same number of threads (printed); on a shared machine,
-``--threads 1 --clock cpu`` gives stable numbers. ``--profile`` adds the reference's
-time per primitive (forward and VJP) for one BackLink step.
+Three peers run one synchronous training step (forward, BL-3.7 gradients, SGD with
+momentum) of a CIFAR ResNet on 32x32x3 float32 inputs, for BP, greedy and BackLink
+(P=1) with K=4 and K=8 modules, at block and layer units:
+
+- ``numpy``: the reference (``ReferenceBackend``); with n > 1 threads, by default its
+  own worker threads with single-threaded BLAS (``--numpy-threading workers``), or
+  OpenBLAS's threads (``blas``, the only choice before the reference had workers);
+- ``torch``: the PyTorch backend (``TorchBackend('cpu')``);
+- ``plain``: hand-written PyTorch (benchmarks/plain_torch.py, channels_last), the same
+  network and gradients, trained module by module as a PyTorch user would.
+
+Peers alternate step by step (A, B, C, A, B, C, ...) after one warm-up step each, so a
+load change on a shared machine hits all alike; each time is the median of
+``--repeats``. With 1 thread the clock is process CPU time (robust on a shared machine);
+with more, wall time (CPU time would add the threads up). The load average is printed.
+Then, from the same numbers, backlink/greedy step ratios per peer.
+
+``--blas-check``: at each n > 1, the BP step of the reference with its workers vs with
+n OpenBLAS threads (the design choice of backlink.reference.parallel). ``--profile``:
+the reference's time per primitive in one BackLink step. ``--demo``: one epoch of the
+README demo (resnet8 on mnist5k, K=4, P=1, batch 64) per method on the reference,
+process CPU time at 1 thread; runs on older versions of the package too, to compare.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import statistics
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
-from backlink.backends.torch_backend import TorchBackend
 from backlink.reference import primitives
 from backlink.reference.backend import ReferenceBackend
 from backlink.reference.models import build_model, even_cuts, init_params, make_partition
 from backlink.spec import Batch, Method, Optimizer, Problem
 
+sys.path.insert(0, str(Path(__file__).parent))
+from plain_torch import PlainStep  # noqa: E402
 
-def blas_threads() -> int:
-    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
-    return max(counts) if counts else 1
+CONFIGS = {  # name -> (method kind, K, units)
+    "all": [("bp", 1, "block")] + [(kind, K, units) for units in ("block", "layer")
+                                   for kind in ("greedy", "backlink") for K in (4, 8)],
+    "block": [("bp", 1, "block")] + [(kind, K, "block") for kind in ("greedy", "backlink") for K in (4, 8)],
+    "quick": [("bp", 1, "block"), ("greedy", 8, "block"), ("backlink", 8, "block")],
+}
 
 
-def median_steps(runners, batches, repeats: int, clock=time.perf_counter) -> list[float]:
-    """Median step time of each runner; the runners alternate so that a load change on a
-    shared machine hits both alike."""
+def label(kind, K, units):
+    return "bp" if kind == "bp" else f"{kind} K={K}{' P=1' if kind == 'backlink' else ''} {units}"
+
+
+class PlainRunner:
+    """plain_torch.PlainStep behind the runners' ``step(batch)``."""
+
+    def __init__(self, kind, cuts, depth, units):
+        self.step_fn = PlainStep(kind, cuts, 1, depth, units)
+
+    def step(self, batch):
+        self.step_fn.step(batch.x, batch.y)
+
+
+def numpy_backend(threads: int, threading: str) -> tuple[ReferenceBackend, int]:
+    """The reference and the BLAS thread count to run it under, for ``threads`` threads."""
+    if threads > 1 and threading == "workers":
+        return ReferenceBackend(threads=threads), 1
+    return ReferenceBackend(), threads
+
+
+class Limited:
+    """A runner whose steps run under a BLAS thread limit (entered per step: torch's
+    steps in between must not see it)."""
+
+    def __init__(self, runner, limit):
+        self.runner, self.limit = runner, limit
+
+    def step(self, batch):
+        with threadpool_limits(limits=self.limit, user_api="blas"):
+            return self.runner.step(batch)
+
+
+def median_steps(runners, batches, repeats: int, clock) -> list[float]:
+    """Median step time of each runner, the runners alternating step by step."""
     for r in runners:
         r.step(batches[0])  # warm-up: allocator, kernel selection
     times = [[] for _ in runners]
@@ -51,28 +105,125 @@ def median_steps(runners, batches, repeats: int, clock=time.perf_counter) -> lis
     return [statistics.median(ts) for ts in times]
 
 
+def make_runners(args, threads, kind, K, units):
+    graph = build_model(f"resnet{args.depth}", input_shape=(32, 32, 3), num_classes=10, granularity=units)
+    cuts = even_cuts(graph, K) if K > 1 else ()
+    part = make_partition(graph, cuts)
+    params, buffers = init_params(graph, part, seed=0, dtype="float32")
+    method = Method(kind, link_length=1) if kind == "backlink" else Method(kind)
+    problem = Problem(graph, part, method, Optimizer(lr=0.1, momentum=0.9), dtype="float32")
+    backend, blas = numpy_backend(threads, args.numpy_threading)
+    runners = [Limited(backend.prepare(problem, params, buffers), blas)]
+    from backlink.backends.torch_backend import TorchBackend
+
+    runners.append(TorchBackend("cpu").prepare(problem, params, buffers))
+    if not args.no_plain:
+        runners.append(PlainRunner(kind, cuts, args.depth, units))
+    return runners
+
+
+def table(args, threads, batches) -> dict:
+    torch.set_num_threads(threads)
+    clock = time.process_time if threads == 1 else time.perf_counter
+    names = ["numpy", "torch"] + ([] if args.no_plain else ["plain"])
+    how = "" if threads == 1 else f", numpy threading: {args.numpy_threading}"
+    print(f"\n== {threads} thread(s){how}; {'CPU' if threads == 1 else 'wall'} time per step [s], "
+          f"median of {args.repeats}; load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
+    head = "".join(f"{n:>8}" for n in names) + f"{'np/torch':>10}" + ("" if args.no_plain else f"{'np/plain':>10}{'torch/plain':>12}")
+    print(f"{'config':<26}{head}")
+    out = {}
+    for kind, K, units in CONFIGS[args.configs]:
+        ts = median_steps(make_runners(args, threads, kind, K, units), batches, args.repeats, clock)
+        out[kind, K, units] = ts
+        ratios = f"{ts[0] / ts[1]:>9.2f}x" + ("" if args.no_plain else f"{ts[0] / ts[2]:>9.2f}x{ts[1] / ts[2]:>11.2f}x")
+        print(f"{label(kind, K, units):<26}" + "".join(f"{t:>8.3f}" for t in ts) + ratios, flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    links = [(K, units) for kind, K, units in CONFIGS[args.configs] if kind == "backlink"
+             and ("greedy", K, units) in out]
+    if links:
+        print(f"backlink/greedy step, {threads} thread(s):")
+        for K, units in links:
+            b, g = out["backlink", K, units], out["greedy", K, units]
+            print(f"  K={K} P=1 {units:<6}" + "".join(f"  {n} {bi / gi:.2f}x" for n, bi, gi in zip(names, b, g)))
+    return out
+
+
+def blas_check(args, threads, batches) -> None:
+    """The reference's BP step: its worker threads vs the same number of OpenBLAS threads."""
+    graph = build_model(f"resnet{args.depth}", input_shape=(32, 32, 3), num_classes=10)
+    part = make_partition(graph, ())
+    params, buffers = init_params(graph, part, seed=0, dtype="float32")
+    problem = Problem(graph, part, Method("bp"), Optimizer(lr=0.1, momentum=0.9), dtype="float32")
+    one = Limited(ReferenceBackend().prepare(problem, params, buffers), 1)
+    workers = Limited(ReferenceBackend(threads=threads).prepare(problem, params, buffers), 1)
+    blas = Limited(ReferenceBackend().prepare(problem, params, buffers), threads)
+    t1, tw, tb = median_steps([one, workers, blas], batches, args.repeats, time.perf_counter)
+    print(f"\nreference BP step, wall [s]: 1 thread {t1:.3f}; {threads} worker threads (1-thread BLAS) "
+          f"{tw:.3f} ({t1 / tw:.2f}x faster); {threads} OpenBLAS threads {tb:.3f} ({t1 / tb:.2f}x faster); "
+          f"load average {os.getloadavg()[0]:.2f}")
+
+
 @contextlib.contextmanager
 def timed_primitives():
-    """Wrap every reference primitive's fwd/vjp with a timer; restore them on exit."""
+    """Wrap every reference primitive's callables with a timer; restore them on exit."""
     totals, saved = defaultdict(float), dict(primitives.PRIMS)
 
     def wrap(name, f, kind):
+        if f is None:
+            return None
+
         def timed(*a, **kw):
-            t = time.perf_counter()
+            t = time.process_time()
             out = f(*a, **kw)
-            totals[name, kind] += time.perf_counter() - t
+            totals[name, kind] += time.process_time() - t
             return out
         return timed
 
     for name, p in saved.items():
-        primitives.PRIMS[name] = primitives.Primitive(wrap(name, p.fwd, "fwd"), wrap(name, p.vjp, "vjp"), p.update)
-    im2col = primitives._im2col  # inside conv2d fwd/vjp: the patch-matrix copies, apart from the GEMMs
-    primitives._im2col = wrap("(im2col)", im2col, "")
+        fields = {f.name: wrap(name, getattr(p, f.name), f.name) for f in dataclasses.fields(p) if f.name != "update"}
+        primitives.PRIMS[name] = dataclasses.replace(p, **fields)
     try:
         yield totals
     finally:
         primitives.PRIMS.update(saved)
-        primitives._im2col = im2col
+
+
+def profile(args, batch) -> None:
+    graph = build_model(f"resnet{args.depth}", input_shape=(32, 32, 3), num_classes=10)
+    part = make_partition(graph, even_cuts(graph, 8))
+    params, buffers = init_params(graph, part, seed=0, dtype="float32")
+    problem = Problem(graph, part, Method("backlink", link_length=1), Optimizer(lr=0.1, momentum=0.9), dtype="float32")
+    with threadpool_limits(limits=1, user_api="blas"):
+        runner = ReferenceBackend().prepare(problem, params, buffers)
+        runner.step(batch)
+        with timed_primitives() as totals:
+            t = time.process_time()
+            runner.step(batch)
+            step = time.process_time() - t
+    print(f"\nNumPy reference, one BackLink K=8 P=1 step, 1 thread: {step:.3f} s CPU; time per primitive:")
+    for (name, kind), s in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:>15s} {kind:10s} {s:7.3f} s  {s / step:6.1%}")
+    rest = step - sum(totals.values())
+    print(f"  {'other':>15s} {'':10s} {rest:7.3f} s  {rest / step:6.1%}  (loss, SGD, bookkeeping)")
+
+
+def demo_epoch() -> None:
+    """One epoch of the README demo per method on the reference (process CPU time)."""
+    from backlink.experiments.train import RunConfig, train
+
+    cfg = RunConfig(model="resnet8", dataset="mnist5k", K=4, link_length=1, epochs=1, batch=64, lr=0.1,
+                    progress=False)
+    import backlink
+
+    print(f"\nREADME demo, one epoch (resnet8, mnist5k, K=4, P=1, batch 64), reference, 1 thread, "
+          f"package at {Path(backlink.__file__).parents[2]}")
+    with threadpool_limits(limits=1, user_api="blas"):
+        torch.set_num_threads(1)
+        for m in ("bp", "greedy", "backlink"):
+            t = time.process_time()
+            r = train(dataclasses.replace(cfg, method=m), backend=ReferenceBackend())
+            print(f"  {m:<9} epoch + eval {time.process_time() - t:7.2f} s CPU "
+                  f"(training loop {r['history'][0]['seconds']:.2f} s wall)", flush=True)
 
 
 def main(argv=None) -> None:
@@ -80,58 +231,27 @@ def main(argv=None) -> None:
     ap.add_argument("--depth", type=int, default=32)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--K", type=int, default=4)
-    ap.add_argument("--P", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None, help="default: NumPy's BLAS thread count")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: process CPU time, robust on a shared machine with --threads 1")
-    ap.add_argument("--profile", action="store_true", help="per-primitive time of one reference step")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--configs", choices=tuple(CONFIGS), default="all")
+    ap.add_argument("--numpy-threading", choices=("workers", "blas"), default="workers")
+    ap.add_argument("--no-plain", action="store_true", help="leave out the plain PyTorch peer")
+    ap.add_argument("--blas-check", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--demo", action="store_true", help="only the README demo epoch")
     args = ap.parse_args(argv)
-
-    threads = args.threads or blas_threads()
-    torch.set_num_threads(threads)
-    graph = build_model(f"resnet{args.depth}", input_shape=(32, 32, 3), num_classes=10)
-    part = make_partition(graph, even_cuts(graph, args.K))
-    params, buffers = init_params(graph, part, seed=0, dtype="float32")
+    if args.demo:
+        return demo_epoch()
     rng = np.random.default_rng(0)
     batches = [Batch(rng.standard_normal((args.batch, 32, 32, 3)).astype(np.float32),
                      rng.integers(0, 10, args.batch), i) for i in range(2)]
-    methods = {"bp": Method("bp"), f"greedy K={args.K}": Method("greedy"),
-               f"backlink K={args.K} P={args.P}": Method("backlink", link_length=args.P)}
-    opt = Optimizer(lr=0.1, momentum=0.9)
-
-    print(f"ResNet-{args.depth} ({len(graph.units)} units), batch {args.batch}, 32x32x3 float32, "
-          f"cuts {part.cuts}; one synchronous training step (forward + BL-3.7 grads + SGD)")
-    print(f"threads: NumPy BLAS {threads}, torch {torch.get_num_threads()} "
-          f"(torch {torch.__version__}, NumPy {np.__version__}); {args.clock} clock, "
-          f"median of {args.repeats} after 1 warm-up")
-    print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
-    print(f"{'method':<22} {'numpy [s]':>10} {'torch [s]':>10} {'numpy/torch':>12}")
-    with threadpool_limits(limits=threads, user_api="blas"):
-        for name, method in methods.items():
-            problem = Problem(graph, part, method, opt, dtype="float32")
-            runners = [ReferenceBackend().prepare(problem, params, buffers),
-                       TorchBackend("cpu").prepare(problem, params, buffers)]
-            clock = time.process_time if args.clock == "cpu" else time.perf_counter
-            t_np, t_torch = median_steps(runners, batches, args.repeats, clock)
-            print(f"{name:<22} {t_np:>10.3f} {t_torch:>10.3f} {t_np / t_torch:>11.1f}x")
-        print(f"load average after: {os.getloadavg()[0]:.2f}")
-        if args.profile:
-            profile(graph, part, params, buffers, batches[0], Method("backlink", link_length=args.P), opt)
-
-
-def profile(graph, part, params, buffers, batch, method, opt) -> None:
-    runner = ReferenceBackend().prepare(Problem(graph, part, method, opt, dtype="float32"), params, buffers)
-    runner.step(batch)
-    with timed_primitives() as totals:
-        t = time.perf_counter()
-        runner.step(batch)
-        step = time.perf_counter() - t
-    print(f"\nNumPy reference, one BackLink step: {step:.3f} s; time per primitive:")
-    for (name, kind), s in sorted(totals.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:>15s} {kind:3s} {s:7.3f} s  {s / step:6.1%}" + ("  (part of conv2d)" if not kind else ""))
-    rest = step - sum(s for (_, kind), s in totals.items() if kind)
-    print(f"  {'other':>15s}     {rest:7.3f} s  {rest / step:6.1%}  (loss, SGD, bookkeeping)")
+    print(f"ResNet-{args.depth}, batch {args.batch}, 32x32x3 float32; one synchronous training step "
+          f"(forward + BL-3.7 grads + SGD); torch {torch.__version__}, NumPy {np.__version__}")
+    for threads in args.threads:
+        table(args, threads, batches)
+        if args.blas_check and threads > 1:
+            blas_check(args, threads, batches)
+    if args.profile:
+        profile(args, batches[0])
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ throughput as a share of ``numpy.matmul`` peak measured in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections import defaultdict
 
@@ -44,10 +45,13 @@ def conv_flops(graph, batch: int) -> float:
 
 
 def instrument():
-    """Wrap every primitive's fwd and vjp with a timer; returns the totals dict."""
+    """Wrap every primitive's callables (forward, VJP and its halves) with a timer; returns the totals dict."""
     totals = defaultdict(float)
 
     def wrap(name, f, kind):
+        if f is None:
+            return None
+
         def timed(*a, **kw):
             t = time.perf_counter()
             out = f(*a, **kw)
@@ -56,7 +60,8 @@ def instrument():
         return timed
 
     for name, p in list(primitives.PRIMS.items()):
-        primitives.PRIMS[name] = primitives.Primitive(wrap(name, p.fwd, "fwd"), wrap(name, p.vjp, "vjp"), p.update)
+        primitives.PRIMS[name] = dataclasses.replace(p, **{
+            f.name: wrap(name, getattr(p, f.name), f.name) for f in dataclasses.fields(p) if f.name != "update"})
     return totals
 
 
@@ -80,7 +85,7 @@ def main(argv=None):
     times = sorted(_timed(step) for _ in range(args.repeats))
     totals = instrument()
     step()
-    conv_time = totals[("conv2d", "fwd")] + totals[("conv2d", "vjp")]
+    conv_time = sum(t for (name, _), t in totals.items() if name == "conv2d")
     flops = conv_flops(graph, args.batch)
 
     print(f"ResNet-{args.depth}, batch {args.batch}, 3x32x32 float32, BP forward+backward, NumPy reference")
@@ -94,7 +99,7 @@ def main(argv=None):
     print("\nper-primitive time in one instrumented step:")
     total = sum(totals.values())
     for (name, kind), t in sorted(totals.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:>15s} {kind:3s} {t:7.3f} s  {t / total:5.1%}")
+        print(f"  {name:>15s} {kind:10s} {t:7.3f} s  {t / total:5.1%}")
 
 
 if __name__ == "__main__":
