@@ -18,6 +18,7 @@ from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem
 
 from backlink.reference.checkpoint import save_atomic
 from . import data as datasets
+from .checks import check_run_config
 from backlink.reference.backend import ReferenceRunner
 from backlink.reference.backlink import accuracy, gradients, predict
 from backlink.reference.models import build_model, even_cuts, init_params, make_partition
@@ -117,6 +118,7 @@ def peak_activation_bytes(problem: Problem, runner: ReferenceRunner, x, y) -> in
 
 def train(cfg: RunConfig, ds=None) -> dict:
     """Train one method; returns the result dict (also written to ``out/result.json``)."""
+    check_run_config(cfg)
     ds = ds or datasets.load(cfg.dataset, root=cfg.data_root, n_train=cfg.n_train, n_test=cfg.n_test,
                              seed=cfg.seed)
     problem = _setup(cfg, ds)
@@ -170,6 +172,7 @@ def train(cfg: RunConfig, ds=None) -> dict:
 
 def compare(cfg: RunConfig, methods=("bp", "greedy", "backlink"), plot: str | None = None) -> list[dict]:
     """Train each method on the same data, seed and partition; returns their results."""
+    check_run_config(cfg)
     ds = datasets.load(cfg.dataset, root=cfg.data_root, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
     results = []
     for m in methods:

@@ -5,7 +5,7 @@ from typing import Mapping
 
 import numpy as np
 
-from backlink.spec import (Batch, Capabilities, Problem, SpecError, StepRecord, UpdateEvent,
+from backlink.spec import (Batch, Capabilities, Problem, StepRecord, UpdateEvent, check_values,
                            module_bounds, reach_sets)
 
 from . import optim
@@ -40,14 +40,12 @@ def synchronous_events(problem: Problem, step: int, batch_id: int) -> list[Updat
 class ReferenceRunner:
     def __init__(self, problem: Problem, params: Mapping, buffers: Mapping, xp=np):
         optim.check_optimizer(problem.optimizer)
+        check_values(problem, params, buffers)
         self.problem, self.xp = problem, xp
         dtype = np.dtype(problem.dtype)
         self.params = {k: xp.asarray(v, dtype=dtype) for k, v in params.items()}
         self.buffers = {k: xp.asarray(v, dtype=dtype) for k, v in buffers.items()}
         specs = problem.graph.params + tuple(p for h in problem.partition.heads for p in h.params)
-        missing = sorted({p.id for p in specs} - set(self.params))
-        if missing:
-            raise SpecError(f"field 'params' lacks ids {missing[:5]}{'...' if len(missing) > 5 else ''}")
         self.decay = frozenset(p.id for p in specs if p.decay)
         self.state = optim.init_state(self.params)
         self.t = 0

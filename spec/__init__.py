@@ -6,7 +6,7 @@ from .config import DTYPES, SCHEDULES, LRSchedule, Optimizer, Problem, UpdateEve
 from .graph import INPUT, PRIMITIVES, ArraySpec, Graph, Op, SpecError, Unit
 from .partition import (METHODS, Method, Partition, Reach, module_bounds, reach_sets,
                         tail_bounds, validate)
-from .protocol import Backend, Batch, Capabilities, Runner, StepRecord
+from .protocol import Backend, Batch, Capabilities, Runner, StepRecord, check_labels, check_values
 from .tolerances import TOLERANCES, tolerance
 
 SPEC_VERSION = "0.1"
@@ -14,5 +14,5 @@ SPEC_VERSION = "0.1"
 __all__ = ["SPEC_VERSION", "DTYPES", "SCHEDULES", "LRSchedule", "Optimizer", "Problem",
            "UpdateEvent", "INPUT", "PRIMITIVES", "ArraySpec", "Graph", "Op", "SpecError", "Unit",
            "METHODS", "Method", "Partition", "Reach", "module_bounds", "reach_sets", "tail_bounds",
-           "validate", "Backend", "Batch", "Capabilities", "Runner", "StepRecord", "TOLERANCES",
+           "validate", "Backend", "Batch", "Capabilities", "Runner", "StepRecord", "check_labels", "check_values", "TOLERANCES",
            "tolerance"]
