@@ -5,10 +5,14 @@ Every error names the field and its command-line option, and says what is allowe
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
+import os
+from pathlib import Path
 
-__all__ = ["check_run_config", "check_positive_int"]
+__all__ = ["check_run_config", "check_positive_int", "config_differences", "check_resume_config",
+           "probe_writable"]
 
 
 def _option(name: str) -> str:
@@ -52,3 +56,43 @@ def check_run_config(cfg) -> None:
     if getattr(cfg, "resume", False) and not getattr(cfg, "out", None):
         raise ValueError("field 'resume' (--resume) needs field 'out' (--out): the run folder that holds "
                          "the checkpoint to continue from")
+
+
+def config_differences(saved: dict, now: dict, may_change) -> list[str]:
+    """'field: checkpoint X, now Y' for every field (outside ``may_change``) that differs."""
+    now = json.loads(json.dumps(now))  # tuples -> lists, as the saved copy went through JSON
+    return [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if k not in may_change and saved.get(k) != now.get(k)]
+
+
+def check_resume_config(saved: dict, now: dict, may_change, where) -> None:
+    """Refuse to resume a checkpoint written with another configuration; list the differences."""
+    diffs = config_differences(saved, now, may_change)
+    if diffs:
+        raise ValueError(f"field 'resume' (--resume): the checkpoint in {where} was written with another "
+                         f"configuration:\n  " + "\n  ".join(diffs) + "\nFields that may change on resume: "
+                         f"{', '.join(sorted(may_change))}. Resume with the original values, or train into "
+                         f"a new --out folder")
+
+
+def probe_writable(folder) -> None:
+    """Create ``folder`` and write, sync and remove a small file in it, before any training:
+    a read-only or full disk is reported now, not after the first epoch."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"field 'out' (--out) is {str(folder)!r}, which is a file; give a folder")
+    probe = folder / ".backlink-write-probe"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise ValueError(f"field 'out' (--out): cannot write to {folder}: {e.strerror or e}; "
+                         f"choose a writable folder") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
