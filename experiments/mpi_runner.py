@@ -112,11 +112,11 @@ def _setup_run(args, with_data: bool):
     """setup(...) and the number of training samples (one epoch)."""
     from . import data as datasets
     from backlink.reference.models import init_params
-    from .train import _setup
+    from .train import build_problem
 
     cfg = _run_config(args)
     ds = datasets.load(cfg.dataset, root=cfg.data_root, n_train=cfg.n_train, seed=cfg.seed)
-    problem = dataclasses.replace(_setup(cfg, ds), schedule="pipelined")
+    problem = dataclasses.replace(build_problem(cfg, ds), schedule="pipelined")
     params, buffers = init_params(problem.graph, problem.partition, cfg.seed, cfg.dtype)
     batches = make_batches(ds, cfg.batch, cfg.epochs, cfg.seed, args.steps) if with_data else None
     return problem, params, buffers, batches, len(ds.y_train)

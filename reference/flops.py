@@ -7,7 +7,8 @@ Forward, per sample:
 - linear: 2 * din * dout + dout (bias);
 - batchnorm: 4 per element (normalise, scale, shift, statistics);
 - relu, add: 1 per output element; avgpool, maxpool, global_avgpool: 1 per input
-  element; flatten, reshape: 0.
+  element; flatten, reshape: 0;
+- BL-2.7 token primitives: see ``TOKEN_GEMM_FLOPS`` and the comment above it.
 
 Weight layers' backward is twice the forward (input gradient + weight gradient);
 every other op's backward is counted as its forward. The loss is not counted.
@@ -22,13 +23,26 @@ from ..spec.graph import Graph, SpecError, Unit
 from ..spec.partition import Partition
 from ..spec.shapes import infer_shapes
 
-__all__ = ["ELEMENTWISE_FLOPS", "op_flops", "unit_flops", "flop_costs", "head_flop_costs",
+__all__ = ["ELEMENTWISE_FLOPS", "TOKEN_GEMM_FLOPS", "op_flops", "unit_flops", "flop_costs", "head_flop_costs",
            "partition_costs"]
 
 #: forward FLOPs per element of the op's output (relu, add, batchnorm) or input (pools)
 ELEMENTWISE_FLOPS = {"batchnorm": 4, "relu": 1, "add": 1, "avgpool": 1, "maxpool": 1,
                      "global_avgpool": 1, "flatten": 0, "reshape": 0}
-_POOLS = ("avgpool", "maxpool", "global_avgpool")
+_POOLS = ("avgpool", "maxpool", "global_avgpool", "token_mean")
+
+# BL-2.7 token sequences. Elementwise, per output element: layernorm 5 (mean, centre,
+# variance, normalise, affine), gelu 8 (the tanh polynomial), softmax 4 (max, exp, sum,
+# divide), pos_embed and scale 1, transpose 0 (a copy), token_mean 1 per input element.
+ELEMENTWISE_FLOPS.update({"layernorm": 5, "gelu": 8, "softmax": 4, "pos_embed": 1, "scale": 1,
+                          "transpose": 0, "token_mean": 1})
+#: forward FLOPs per sample of the token GEMMs (multiply-add = 2, plus the bias); the
+#: backward is twice the forward (both operands' cotangents), as for conv2d and linear.
+TOKEN_GEMM_FLOPS = {
+    "token_linear": lambda s, op: 2.0 * math.prod(s[op.inputs[0]]) * s[op.out][-1] + math.prod(s[op.out]),
+    "patch_embed": lambda s, op: 2.0 * math.prod(s[op.inputs[0]]) * s[op.out][-1] + math.prod(s[op.out]),
+    "matmul": lambda s, op: 2.0 * math.prod(s[op.out]) * s[op.inputs[0]][-1],
+}
 
 
 def op_flops(op, shapes) -> tuple[float, float]:
@@ -40,6 +54,9 @@ def op_flops(op, shapes) -> tuple[float, float]:
         return fwd, 2.0 * fwd
     if op.prim == "linear":
         fwd = 2.0 * x[-1] * y[-1] + y[-1]
+        return fwd, 2.0 * fwd
+    if op.prim in TOKEN_GEMM_FLOPS:
+        fwd = TOKEN_GEMM_FLOPS[op.prim](shapes, op)
         return fwd, 2.0 * fwd
     if op.prim not in ELEMENTWISE_FLOPS:
         raise SpecError(f"op {op.out!r}: field 'prim' = {op.prim!r} has no FLOP count; "

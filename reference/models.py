@@ -16,13 +16,13 @@ from backlink.spec import (DTYPES, INPUT, ArraySpec, Graph, Method, Op, Partitio
 from backlink.spec.shapes import infer_shapes
 
 __all__ = ["MODELS", "HEADS", "GRANULARITIES", "INFOPRO_TABLES", "mlp", "small_cnn", "resnet",
-           "vgg", "build_model", "infopro_cuts", "even_cuts", "cuts_from_table", "make_head",
+           "vgg", "vit", "build_model", "infopro_cuts", "even_cuts", "cuts_from_table", "make_head",
            "make_partition", "init_params"]
 
 HEADS = ("linear", "conv")
 GRANULARITIES = ("block", "layer")
 RESNET_DEPTHS = (8, 14, 20, 32, 56, 110)
-MODELS = ("mlp", "cnn", "vgg") + tuple(f"resnet{d}" for d in RESNET_DEPTHS)
+MODELS = ("mlp", "cnn", "vgg") + tuple(f"resnet{d}" for d in RESNET_DEPTHS) + ("vit",)
 
 #: semantics.md section 6: InfoPro's split tables, [stage, block] after which a head sits.
 INFOPRO_TABLES = {
@@ -106,8 +106,21 @@ class _UnitBuilder:
         x = self.conv(x, f"conv{suffix}", out, stride=stride)
         return self.op(f"relu{suffix}", "relu", [self.bn(x, f"bn{suffix}")])
 
+    def layernorm(self, x, local):
+        d = (self.shapes[x][-1],)
+        gamma, beta = ArraySpec(self._id(local, "gamma"), d, "ones"), ArraySpec(self._id(local, "beta"), d, "zeros")
+        return self.op(local, "layernorm", [x], [gamma, beta], eps=1e-5)
+
+    def token_linear(self, x, local, out):
+        din = self.shapes[x][-1]
+        w = ArraySpec(self._id(local, "w"), (din, out), "he", din, True)
+        return self.op(local, "token_linear", [x], [w, ArraySpec(self._id(local, "b"), (out,), "zeros")], out=out)
+
     def to_flat(self, x, pool=True):
-        """Image -> vector by global average pooling (or flatten); vectors pass through."""
+        """Image -> vector by global average pooling (or flatten); tokens (T, D) -> vector by
+        layer norm + mean over tokens (BL-2.8); vectors pass through."""
+        if len(self.shapes[x]) == 2:
+            return self.op("pool", "token_mean", [self.layernorm(x, "norm")])
         if len(self.shapes[x]) == 1:
             return x
         return self.op("pool", "global_avgpool", [x]) if pool else self.op("flatten", "flatten", [x])
@@ -221,7 +234,63 @@ def _basic_block(shapes, units, block, x, width, stride, granularity):
     return out
 
 
-_BUILDERS = {"mlp": mlp, "cnn": small_cnn, "vgg": vgg}
+def vit(*, input_shape=(28, 28, 1), patch=7, depth=4, width=64, heads=4, mlp_ratio=2, num_classes=10,
+        granularity="block"):
+    """Vision Transformer (BL-2.8): patch embedding + learned positional embedding, ``depth``
+    pre-norm blocks, then layer norm + mean over tokens + linear.
+
+    ``granularity="block"``: one unit per block ``blockI``; ``"layer"``: its halves
+    ``blockI.attn`` (x + MHSA(LN(x))) and ``blockI.mlp`` (x + MLP(LN(x))). Parameter ids
+    (``block1.q.w``) do not depend on the granularity. Defaults: 16 tokens of width 64 on
+    28x28 inputs; use ``patch=4`` (or 8) on 32x32.
+    """
+    if granularity not in GRANULARITIES:
+        raise SpecError(f"field 'granularity' = {granularity!r}; allowed: {', '.join(GRANULARITIES)}")
+    shape, ncls = _check_shape(input_shape, True), _check_classes(num_classes)
+    patch, depth, width, heads, ratio = (_positive_ints(name, (v,), 1, 1)[0] for name, v in (
+        ("patch", patch), ("depth", depth), ("width", width), ("heads", heads), ("mlp_ratio", mlp_ratio)))
+    if width % heads:
+        raise SpecError(f"fields 'width' = {width}, 'heads' = {heads}: width must be a multiple of heads")
+    shapes = {INPUT: shape}
+    embed = _UnitBuilder(shapes, "embed")
+    x = embed.op("patches", "patch_embed", [INPUT], [
+        ArraySpec("embed.patches.w", (patch, patch, shape[2], width), "he", patch * patch * shape[2], True),
+        ArraySpec("embed.patches.b", (width,), "zeros")], patch=patch, out=width)
+    tokens = shapes[x][0]
+    x = embed.op("pos", "pos_embed", [x], [ArraySpec("embed.pos", (tokens, width), "zeros")])
+    units = [embed.done()]
+    for i in range(1, depth + 1):
+        block = f"block{i}"
+        u = _UnitBuilder(shapes, block if granularity == "block" else f"{block}.attn", pid=block)
+        x = _attention_half(u, x, heads)
+        if granularity == "layer":
+            units.append(u.done())
+            u = _UnitBuilder(shapes, f"{block}.mlp", pid=block)
+        h = u.token_linear(u.layernorm(x, "ln2"), "fc1", ratio * width)
+        x = u.op("add2", "add", [x, u.token_linear(u.op("gelu", "gelu", [h]), "fc2", width)])
+        units.append(u.done())
+    u = _UnitBuilder(shapes, "classifier", pid="")
+    u.linear(u.to_flat(x), "fc", ncls)
+    return _graph("vit", shape, ncls, units + [u.done()])
+
+
+def _attention_half(u, x, heads):
+    """x + W_o concat_h softmax(q_h k_h^T / sqrt(d_h)) v_h, q, k, v = LN(x) W_{q,k,v} + b."""
+    tokens, width = u.shapes[x]
+    dh = width // heads
+    h = u.layernorm(x, "ln1")
+    split = {}
+    for name, perm in (("q", (1, 0, 2)), ("k", (1, 2, 0)), ("v", (1, 0, 2))):  # k comes out as (h, d_h, T)
+        z = u.op(f"{name}.heads", "reshape", [u.token_linear(h, name, width)], shape=(tokens, heads, dh))
+        split[name] = u.op(f"{name}.t", "transpose", [z], perm=perm)
+    scores = u.op("scale", "scale", [u.op("scores", "matmul", [split["q"], split["k"]])], factor=dh ** -0.5)
+    att = u.op("softmax", "softmax", [scores])
+    o = u.op("o.t", "transpose", [u.op("mix", "matmul", [att, split["v"]])], perm=(1, 0, 2))
+    o = u.op("concat", "reshape", [o], shape=(tokens, width))
+    return u.op("add1", "add", [x, u.token_linear(o, "proj", width)])
+
+
+_BUILDERS = {"mlp": mlp, "cnn": small_cnn, "vgg": vgg, "vit": vit}
 
 
 def build_model(name, **kw):
@@ -299,7 +368,7 @@ def make_head(kind, graph, cut, index, hidden=None):
     if kind == "linear":
         u.linear(u.to_flat(src), "fc", graph.num_classes)
         return u.done()
-    x = src
+    x = u.to_flat(src) if len(graph.shapes[src]) == 2 else src  # tokens: LN + mean (BL-2.8)
     if len(graph.shapes[src]) == 3:
         x = u.conv_bn_relu(x, out=graph.shapes[src][-1])
         if min(graph.shapes[src][:2]) >= 2:

@@ -4,27 +4,18 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from backlink.spec import LRSchedule, Optimizer, SpecError
+from backlink.spec import LR_SCHEDULES, LRSchedule, Optimizer, SpecError
 
 __all__ = ["lr_at", "sgd", "init_state", "check_optimizer"]
 
-SCHEDULE_KINDS = ("constant", "step", "cosine")
+SCHEDULE_KINDS = LR_SCHEDULES
 
 
 def check_optimizer(opt: Optimizer) -> None:
-    s = opt.schedule
-    if s.kind not in SCHEDULE_KINDS:
-        raise SpecError(f"field 'schedule.kind' is {s.kind!r}; allowed: {', '.join(SCHEDULE_KINDS)}")
-    for name, v in (("lr", opt.lr), ("momentum", opt.momentum), ("weight_decay", opt.weight_decay)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise SpecError(f"field 'optimizer.{name}' is {v!r}; it must be a finite number >= 0")
-    if opt.nesterov and opt.momentum == 0:
-        raise SpecError("field 'optimizer.nesterov' is True with momentum 0; Nesterov needs momentum > 0")
-    if s.kind == "step" and s.step_size < 1:
-        raise SpecError(f"field 'schedule.step_size' is {s.step_size}; it must be >= 1")
-    if s.kind == "cosine" and not 0 <= s.warmup < s.total:
-        raise SpecError(f"fields 'schedule.warmup' = {s.warmup}, 'schedule.total' = {s.total}: "
-                        f"need 0 <= warmup < total")
+    """BL-4.3.3 / BL-4.4: the spec's own validator (kept under this name for callers)."""
+    if not isinstance(opt, Optimizer):
+        raise SpecError(f"field 'optimizer' is {opt!r}; it must be a backlink.spec.Optimizer")
+    opt.validate()
 
 
 def lr_at(base: float, s: LRSchedule, t: int) -> float:

@@ -29,6 +29,17 @@ PRIMITIVES: dict[str, tuple[int, int, int]] = {
     "linear": (1, 2, 0),          # x, w, b
     "flatten": (1, 0, 0),
     "reshape": (1, 0, 0),         # attrs shape (per sample)
+    # BL-2.7: token-sequence primitives (Vision Transformers); tokens are (T, D) per sample
+    "patch_embed": (1, 2, 0),     # x (H, W, C), w (p, p, C, D), b (D,) ; attrs patch, out
+    "pos_embed": (1, 1, 0),       # x (T, D), pos (T, D)
+    "layernorm": (1, 2, 0),       # x (..., D), gamma, beta (D,) ; attrs eps
+    "gelu": (1, 0, 0),            # tanh form
+    "token_linear": (1, 2, 0),    # x (T, D_in), w (D_in, D_out), b (D_out,) ; attrs out
+    "matmul": (2, 0, 0),          # a (..., M, K), b (..., K, N), equal leading axes
+    "transpose": (1, 0, 0),       # attrs perm (per-sample axes)
+    "scale": (1, 0, 0),           # attrs factor
+    "softmax": (1, 0, 0),         # over the last axis
+    "token_mean": (1, 0, 0),      # (T, D) -> (D,)
 }
 
 

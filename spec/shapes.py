@@ -5,7 +5,11 @@ import math
 
 from .graph import PRIMITIVES, SpecError
 
-__all__ = ["infer_shapes"]
+__all__ = ["infer_shapes", "TOKEN_PRIMS"]
+
+#: BL-2.7: the token-sequence primitives (their shape rules are at the end of this module).
+TOKEN_PRIMS = ("patch_embed", "pos_embed", "layernorm", "gelu", "token_linear", "matmul", "transpose",
+               "scale", "softmax", "token_mean")
 
 
 def _param_shapes(prim, x, kw, op):
@@ -17,11 +21,15 @@ def _param_shapes(prim, x, kw, op):
         return [(x[-1],), (x[-1],)]
     if prim == "linear":
         return [(x[-1], kw["out"]), (kw["out"],)]
+    if prim in TOKEN_PRIMS:
+        return _token_param_shapes(prim, x, kw)
     return []
 
 
 def _out_shape(prim, xs, kw, op, where):
     x = xs[0]
+    if prim in TOKEN_PRIMS:
+        return _token_out_shape(prim, xs, kw, op, where)
     need_image = prim in ("conv2d", "avgpool", "maxpool", "global_avgpool")
     if need_image and len(x) != 3:
         raise SpecError(f"{where}: op {op.out!r} ({prim}) needs an image input (H, W, C), got shape {x}")
@@ -107,3 +115,51 @@ def infer_shapes(units, shapes, where="graph"):
                                 f"{unit.name!r}; parameter and buffer ids must be unique")
             seen_params[a.id] = unit.name
     return shapes
+
+
+# ---------------------------------------------------------------- BL-2.7 token sequences
+
+def _token_param_shapes(prim, x, kw):
+    if prim == "patch_embed":
+        p = kw["patch"]
+        return [(p, p, x[-1], kw["out"]), (kw["out"],)]
+    if prim == "pos_embed":
+        return [tuple(x)]
+    if prim == "layernorm":
+        return [(x[-1],), (x[-1],)]
+    if prim == "token_linear":
+        return [(x[-1], kw["out"]), (kw["out"],)]
+    return []
+
+
+def _token_out_shape(prim, xs, kw, op, where):
+    x, at = xs[0], f"{where}: op {op.out!r} ({prim})"
+    if prim == "patch_embed":
+        p = kw["patch"]
+        if len(x) != 3:
+            raise SpecError(f"{at} needs an image input (H, W, C), got shape {x}")
+        if not (isinstance(p, int) and p >= 1 and x[0] % p == 0 and x[1] % p == 0):
+            raise SpecError(f"{at} field 'patch' = {p!r}: needs a positive integer dividing H and W of "
+                            f"input {x} (patches do not overlap and cover the image)")
+        return ((x[0] // p) * (x[1] // p), kw["out"])
+    if prim in ("pos_embed", "token_linear", "token_mean") and len(x) != 2:
+        raise SpecError(f"{at} needs a token sequence (T, D), got shape {x}")
+    if prim == "token_linear":
+        return (x[0], kw["out"])
+    if prim == "token_mean":
+        return (x[1],)
+    if prim == "matmul":
+        a, b = xs
+        if len(a) < 2 or len(a) != len(b) or a[:-2] != b[:-2] or a[-1] != b[-2]:
+            raise SpecError(f"{at} cannot multiply {op.inputs[0]!r} {a} by {op.inputs[1]!r} {b}: needs "
+                            f"(..., M, K) and (..., K, N) with equal leading axes (no broadcasting)")
+        return a[:-1] + (b[-1],)
+    if prim == "transpose":
+        perm = tuple(kw["perm"])
+        if sorted(perm) != list(range(len(x))):
+            raise SpecError(f"{at} field 'perm' = {perm}: needs a permutation of the {len(x)} "
+                            f"per-sample axes of input {x}")
+        return tuple(x[i] for i in perm)
+    if prim == "scale" and not isinstance(kw.get("factor"), (int, float)):
+        raise SpecError(f"{at} field 'factor' = {kw.get('factor')!r}: needs a number")
+    return tuple(x)  # pos_embed, layernorm, gelu, scale, softmax keep the shape

@@ -1,4 +1,6 @@
 """BL-2.2: every primitive's VJP against central differences (float64, random cotangents)."""
+import math
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ X = R.standard_normal((3, 7, 6, 4))
 FLAT = R.standard_normal((5, 4))
 GAMMA, BETA = R.standard_normal(4) + 1.5, R.standard_normal(4)
 STATS = [R.standard_normal(4), R.random(4) + 0.5]
+TOK, HEADS = R.standard_normal((3, 5, 4)), R.standard_normal((3, 2, 4, 3))
 
 CASES = {
     "conv3x3": ("conv2d", [X, R.standard_normal((3, 3, 4, 5))], dict(kernel=3, out=5, stride=1, padding=1)),
@@ -31,6 +34,23 @@ CASES = {
     "linear": ("linear", [FLAT, R.standard_normal((4, 3)), R.standard_normal(3)], dict(out=3)),
     "flatten": ("flatten", [X], {}),
     "reshape": ("reshape", [X], dict(shape=(42, 4))),
+    # BL-2.7 token sequences: TOK is (n, T, D) = (3, 5, 4); HEADS is (n, h, T, d_h)
+    "patch_embed": ("patch_embed", [X[:, :6], R.standard_normal((3, 3, 4, 5)), R.standard_normal(5)],
+                    dict(patch=3, out=5)),
+    "patch_embed_1": ("patch_embed", [X, R.standard_normal((1, 1, 4, 2)), R.standard_normal(2)], dict(patch=1, out=2)),
+    "pos_embed": ("pos_embed", [TOK, R.standard_normal((5, 4))], {}),
+    "layernorm_tokens": ("layernorm", [TOK, GAMMA, BETA], dict(eps=1e-5)),
+    "layernorm_heads": ("layernorm", [HEADS, GAMMA[:3], BETA[:3]], dict(eps=1e-3)),
+    "gelu": ("gelu", [3 * TOK], {}),
+    "token_linear": ("token_linear", [TOK, R.standard_normal((4, 6)), R.standard_normal(6)], dict(out=6)),
+    "matmul": ("matmul", [HEADS, R.standard_normal((3, 2, 3, 5))], {}),
+    "matmul_2d": ("matmul", [TOK, R.standard_normal((3, 4, 2))], {}),
+    "transpose": ("transpose", [HEADS], dict(perm=(1, 2, 0))),
+    "transpose_swap": ("transpose", [TOK], dict(perm=(1, 0))),
+    "scale": ("scale", [TOK], dict(factor=0.5)),
+    "softmax": ("softmax", [HEADS], {}),
+    "softmax_large": ("softmax", [40 * TOK], {}),
+    "token_mean": ("token_mean", [TOK], {}),
 }
 
 
@@ -96,3 +116,40 @@ def test_maxpool_ties_go_to_the_first_maximum():
 def test_gradcheck_refuses_float32():
     with pytest.raises(TypeError, match="float64"):
         gradcheck(lambda a: a, lambda u: (u,), [np.ones(3, np.float32)])
+
+
+# ---------------------------------------------------------------- BL-2.7 forward definitions
+
+def test_layernorm_uses_biased_variance_with_eps_inside_the_root():
+    y, _ = PRIMS["layernorm"].fwd(TOK, GAMMA, BETA, eps=0.1)
+    mu, var = TOK.mean(-1, keepdims=True), TOK.var(-1, keepdims=True)  # ddof 0: biased
+    np.testing.assert_allclose(y, (TOK - mu) / np.sqrt(var + 0.1) * GAMMA + BETA, rtol=1e-12, atol=1e-12)
+
+
+def test_gelu_is_the_tanh_form():
+    x = np.linspace(-4, 4, 81)
+    y, _ = PRIMS["gelu"].fwd(x)
+    np.testing.assert_allclose(y, 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+                               rtol=1e-14, atol=1e-15)
+    erf_form = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    assert np.abs(y - erf_form).max() > 1e-4  # the two forms differ: the spec's choice is checkable
+
+
+def test_softmax_is_stable_and_sums_to_one_over_the_last_axis():
+    y, _ = PRIMS["softmax"].fwd(np.array([[[1000.0, 1000.0, -1000.0]]]))
+    np.testing.assert_allclose(y, [[[0.5, 0.5, 0.0]]])
+    y, _ = PRIMS["softmax"].fwd(HEADS)
+    np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-13)
+
+
+def test_patch_embed_equals_a_stride_p_convolution_plus_bias():
+    x, w, b = R.standard_normal((2, 6, 4, 3)), R.standard_normal((2, 2, 3, 5)), R.standard_normal(5)
+    y, _ = PRIMS["patch_embed"].fwd(x, w, b, patch=2, out=5)
+    conv, _ = PRIMS["conv2d"].fwd(x, w, kernel=2, out=5, stride=2)
+    np.testing.assert_allclose(y, conv.reshape(2, 6, 5) + b, rtol=1e-12, atol=1e-12)  # row-major patches
+
+
+def test_transpose_returns_a_dense_array():
+    y, _ = PRIMS["transpose"].fwd(HEADS, perm=(1, 0, 2))
+    assert y.flags.c_contiguous and y.shape == (3, 4, 2, 3)
+    np.testing.assert_array_equal(y, HEADS.transpose(0, 2, 1, 3))

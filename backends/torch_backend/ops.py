@@ -100,3 +100,35 @@ def apply_op(op, values, params, buffers, training=True):
         kw["training"] = training
         args += [buffers[b] for b in op.buffers]
     values[op.out] = OPS[op.prim](*args, **kw)
+
+
+# --- BL-2.7 token sequences. Tokens (n, T, D) keep the spec layout; a rank-4 value (the
+# (n, h, T, d_h) of attention heads) arrives permuted like an NCHW image, so these ops read
+# it back in spec order (to_spec) and hand it on in backend order (to_internal): both views.
+
+def patch_embed(x, w, b, *, patch, out):
+    # a stride-p convolution over NCHW, then (n, D, H/p, W/p) -> (n, T, D), patches row-major
+    y = F.conv2d(x, w.permute(3, 2, 0, 1).contiguous(), b, stride=patch)
+    return y.flatten(2).transpose(1, 2)
+
+
+def layernorm(x, gamma, beta, *, eps=1e-5):
+    return to_internal(F.layer_norm(to_spec(x), gamma.shape, gamma, beta, eps))
+
+
+def transpose(x, *, perm):
+    return to_internal(to_spec(x).permute((0,) + tuple(p + 1 for p in perm)))
+
+
+OPS.update({
+    "patch_embed": patch_embed,
+    "pos_embed": lambda x, pos: x + pos,
+    "layernorm": layernorm,
+    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "token_linear": lambda x, w, b, *, out: torch.matmul(x, w) + b,
+    "matmul": lambda a, b: to_internal(torch.matmul(to_spec(a), to_spec(b))),
+    "transpose": transpose,
+    "scale": lambda x, *, factor: x * factor,
+    "softmax": lambda x: to_internal(torch.softmax(to_spec(x), dim=-1)),
+    "token_mean": lambda x: x.mean(dim=1),
+})
