@@ -35,6 +35,9 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool, grid: bool = False)
     g.add_argument("--K", type=int, default=listed(d.K), help="number of modules (default %(default)s)", **many)
     if not grid:
         g.add_argument("--cuts", type=_cuts, default=None, help="explicit cut points, overrides --K")
+    g.add_argument("--split", default=d.split, choices=["even", "infopro"],
+                   help="where K modules are cut: even (balanced unit counts, default) or infopro "
+                        "(InfoPro's split tables: resnet32 K=8/16, resnet110 K=16)")
     g.add_argument("--P", "--link-length", dest="link_length", type=int, default=listed(d.link_length),
                    help="BackLink link length in units (default %(default)s)", **many)
     g.add_argument("--beta", type=float, default=listed(d.beta), **many)

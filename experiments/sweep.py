@@ -82,7 +82,8 @@ def _check_sweep_file(path: Path, base: RunConfig, grid: Grid) -> None:
     """A re-run must train what the first run trained; the grid may grow."""
     mine = _base_record(base)
     if path.exists():
-        theirs = json.loads(path.read_text())["base"]
+        # a field added to RunConfig after the sweep started counts as its default there
+        theirs = {**_base_record(RunConfig()), **json.loads(path.read_text())["base"]}
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)
                       and not (isinstance(theirs.get(k), list) and tuple(theirs[k]) == mine.get(k)))
         if diff:
@@ -191,22 +192,26 @@ def run_sweep(base: RunConfig, grid: Grid, out: str, jobs: int = 1, progress: bo
 
         bar = tqdm(total=total, initial=done, unit="step", smoothing=0.02,
                    desc=f"sweep: {len(todo)} of {len(cells(base, grid))} runs to do")
+    path = root / SESSIONS
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    last_log = [0.0]
+
+    def log(final: bool = False) -> None:  # every minute, so a killed sweep's time still counts
+        now = time.perf_counter()
+        if final or now - last_log[0] >= 60:
+            session["seconds"] = now - t0
+            path.write_text(json.dumps(earlier + [session], indent=1))
+            last_log[0] = now
+
+    log(final=True)
     try:
-        _execute([cfg for _, _, cfg in todo], jobs, bar)
+        _execute([cfg for _, _, cfg in todo], jobs, bar, log)
         session["completed"] = True
     finally:
         if bar:
             bar.close()
-        session["seconds"] = time.perf_counter() - t0
-        _log_session(root, session)
+        log(final=True)
     return load_results(root, base, grid)
-
-
-def _log_session(root: Path, session: dict) -> None:
-    """Append this invocation to ``sessions.json``: the sweep's wall time is their sum."""
-    path = root / SESSIONS
-    sessions = json.loads(path.read_text()) if path.exists() else []
-    path.write_text(json.dumps(sessions + [session], indent=1))
 
 
 def wall_seconds(root) -> float:
@@ -215,31 +220,57 @@ def wall_seconds(root) -> float:
     return sum(s["seconds"] for s in json.loads(path.read_text())) if path.exists() else 0.0
 
 
-def _execute(configs: list[RunConfig], jobs: int, bar) -> None:
+def _execute(configs: list[RunConfig], jobs: int, bar, tick=lambda: None) -> None:
+    """Train ``configs``; ``tick()`` is called about every second (session bookkeeping)."""
     if jobs == 1 or len(configs) <= 1:
         for cfg in configs:
             _run_cell(cfg, (lambda _: bar.update()) if bar else None)
+            tick()
         return
     import multiprocessing as mp
 
     for var in THREAD_VARS:  # inherited by the spawned workers: one thread each
         os.environ[var] = "1"
     ctx = mp.get_context("spawn")
-    q = ctx.Manager().Queue()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(q,)) as pool:
+    manager = ctx.Manager()
+    q = manager.Queue()
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(q,))
+    stop_on_term = _interrupt_on_sigterm()
+    try:
         pending = {pool.submit(_run_cell_in_worker, cfg) for cfg in configs}
-        try:
-            while pending:
-                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                _drain(q, bar)
-                for f in finished:
-                    f.result()  # re-raise a worker's error here
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
+        while pending:
+            finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            _drain(q, bar)
+            tick()
+            for f in finished:
+                f.result()  # re-raise a worker's error here
         _drain(q, bar)
+    except BaseException:
+        # Interrupted, or a cell failed: stop the other workers now rather than let them
+        # finish (or start) runs; their checkpoints are atomic, a re-run resumes them.
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        manager.shutdown()
+        stop_on_term()
+
+
+def _interrupt_on_sigterm():
+    """``kill PID`` of a sweep stops its workers too (as Ctrl-C does); returns the undo."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 def _drain(q, bar) -> None:

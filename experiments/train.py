@@ -20,8 +20,9 @@ from typing import Callable
 import numpy as np
 
 from backlink.reference.memory import activation_bytes
-from backlink.reference.models import build_model, even_cuts, init_params, make_partition
-from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem
+from backlink.reference.models import (INFOPRO_TABLES, build_model, cuts_from_table, even_cuts,
+                                       init_params, make_partition)
+from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem, SpecError
 
 from . import data as datasets
 from .backends import check_backend, check_runner, make_backend
@@ -50,6 +51,7 @@ class RunConfig:
     method: str = "backlink"
     K: int = 4
     cuts: tuple[int, ...] | None = None
+    split: str = "even"  # even: balanced unit counts; infopro: InfoPro's split tables (ResNets)
     link_length: int = 1
     beta: float = 1.0
     head: str = "linear"
@@ -82,7 +84,7 @@ def build_problem(cfg: RunConfig, ds) -> Problem:
     if cfg.model.startswith("resnet"):
         kw["granularity"] = cfg.granularity
     graph = build_model(cfg.model, **kw)
-    cuts = tuple(cfg.cuts) if cfg.cuts else (even_cuts(graph, cfg.K) if cfg.method != "bp" else ())
+    cuts = tuple(cfg.cuts) if cfg.cuts else (_split(cfg, graph) if cfg.method != "bp" else ())
     partition = make_partition(graph, cuts, head=cfg.head)
     method = Method(cfg.method, link_length=cfg.link_length if cfg.method == "backlink" else 0,
                     beta=cfg.beta)
@@ -92,6 +94,22 @@ def build_problem(cfg: RunConfig, ds) -> Problem:
                           warmup=min(cfg.warmup_epochs * steps_per_epoch, total - 1), total=total)
     opt = Optimizer(cfg.lr, cfg.momentum, cfg.nesterov and cfg.momentum > 0, cfg.weight_decay, schedule)
     return Problem(graph, partition, method, opt, dtype=cfg.dtype)
+
+
+SPLITS = ("even", "infopro")
+
+
+def _split(cfg: RunConfig, graph) -> tuple[int, ...]:
+    if cfg.split == "even":
+        return even_cuts(graph, cfg.K)
+    if cfg.split != "infopro":
+        raise SpecError(f"field 'split' is {cfg.split!r}; allowed: {', '.join(SPLITS)}")
+    depth = int(cfg.model[len("resnet"):]) if cfg.model.startswith("resnet") else None
+    if (depth, cfg.K) not in INFOPRO_TABLES:
+        have = ", ".join(f"resnet{d} K={k}" for d, k in INFOPRO_TABLES)
+        raise SpecError(f"fields 'model', 'K' = ({cfg.model!r}, {cfg.K}): no InfoPro split table "
+                        f"(available: {have}); use --split even")
+    return cuts_from_table(graph, INFOPRO_TABLES[depth, cfg.K])
 
 
 def evaluate(runner, x, y, batch: int = 500) -> float:
