@@ -117,6 +117,10 @@ def pytest_configure(config):
     OPTIONS.backend = config.getoption("conformance_backend") or None
     if OPTIONS.active and not OPTIONS.backend:
         OPTIONS.backend = os.environ.get(ENV_VAR) or None
+    for option, low in (("--conformance-examples", 1), ("--conformance-structures", 1), ("--conformance-seed", 0)):
+        value = config.getoption(option)
+        if value is not None and value < low:
+            raise pytest.UsageError(f"{option} is {value}; allowed: an integer >= {low}")
     OPTIONS.examples = max(1, config.getoption("--conformance-examples"))
     OPTIONS.seed = config.getoption("--conformance-seed")
     structures = config.getoption("--conformance-structures")

@@ -74,7 +74,12 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool, grid: bool = False)
                        help="worker processes, each with one BLAS/torch thread (default %(default)s)")
     else:
         g.add_argument("--out", default=None, help="run folder for checkpoint.npz and result.json")
-        g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+        g.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.npz (written with the same settings; epochs may change)")
+        g.add_argument("--overwrite", action="store_true", help="start over in an OUT folder that holds a run")
+        g.add_argument("--checkpoint-every", default=None, metavar="N|Nmin",
+                       help="also checkpoint every N steps or N minutes inside an epoch (default: after each "
+                            "epoch only); resuming from one is bit-identical")
     g.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -134,7 +139,11 @@ def cmd_sweep(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from backlink import __version__
+    from backlink.spec import SPEC_VERSION
+
     p = argparse.ArgumentParser(prog="backlink", description=MAIN_HELP)
+    p.add_argument("--version", action="version", version=f"backlink {__version__} (spec {SPEC_VERSION})")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one method and print its results")
     _run_args(t, with_method=True)
@@ -175,6 +184,9 @@ def main(argv=None) -> int:
     except (SpecError, FileNotFoundError, FloatingPointError, ValueError, DeviceUnavailable) as e:
         print(f"backlink {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a failed write (disk full, read-only): not a mistake in the command
+        print(f"backlink {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

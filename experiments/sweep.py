@@ -30,7 +30,7 @@ __all__ = ["Grid", "cells", "run_sweep", "load_results", "wall_seconds", "GRID_F
 #: RunConfig fields a grid sets per cell; the rest is the sweep's base config.
 GRID_FIELDS = ("method", "K", "link_length", "beta", "head", "seed")
 #: Per-run fields that are not part of what a run computes.
-RUN_ONLY = ("out", "resume", "progress")
+RUN_ONLY = ("out", "resume", "progress", "overwrite", "checkpoint_every")
 DIVERGED = "diverged.json"
 SESSIONS = "sessions.json"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -177,7 +177,7 @@ def run_sweep(base: RunConfig, grid: Grid, out: str, jobs: int = 1, progress: bo
         except SpecError as e:
             raise SpecError(f"cell {name}: {e}") from None
         folder = root / "runs" / name
-        cfg = dataclasses.replace(cfg, out=str(folder), resume=True, progress=False)
+        cfg = dataclasses.replace(cfg, out=str(folder), resume=(folder / CHECKPOINT).is_file(), progress=False)
         t, d = _steps_of(cfg, folder, n_train)
         total, done = total + t, done + d
         if d < t:

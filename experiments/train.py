@@ -27,11 +27,11 @@ from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem, SpecErr
 from . import data as datasets
 from .backends import check_backend, check_runner, make_backend
 from .checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
+from .checks import check_run_config
+from .runs import RESULT, check_plot_path, checkpoint_due, describe_checkpoint, parse_every, prepare_run_folder
 
 __all__ = ["RunConfig", "TrainingDiverged", "train", "compare", "format_table", "build_problem",
            "evaluate", "RESULT"]
-
-RESULT = "result.json"
 
 
 class TrainingDiverged(FloatingPointError):
@@ -73,7 +73,9 @@ class RunConfig:
     backend: str = "numpy"
     device: str | None = None
     out: str | None = None  # run folder: checkpoint.npz, result.json
-    resume: bool = False
+    resume: bool = False    # continue from out/checkpoint.npz (it must exist and match this config)
+    overwrite: bool = False  # start over in an out folder that holds a run
+    checkpoint_every: int | str | None = None  # also checkpoint every N steps, or "N min" (None: per epoch)
     progress: bool = True
 
 
@@ -129,6 +131,9 @@ def train(cfg: RunConfig, ds=None, backend=None, on_step: Callable[[dict], None]
     ``backend``: a backend object (default: ``make_backend(cfg.backend, cfg.device)``).
     ``on_step(losses)``: called after every step with its losses (loss id -> value).
     """
+    check_run_config(cfg)
+    every = parse_every(cfg.checkpoint_every)
+    resuming = prepare_run_folder(cfg)  # before the data: a wrong folder fails in a second
     ds = ds or datasets.load(cfg.dataset, root=cfg.data_root, n_train=cfg.n_train, n_test=cfg.n_test,
                              seed=cfg.seed)
     problem = build_problem(cfg, ds)
@@ -140,12 +145,14 @@ def train(cfg: RunConfig, ds=None, backend=None, on_step: Callable[[dict], None]
     out = Path(cfg.out) if cfg.out else None
     ckpt = out / CHECKPOINT if out else None
     progress = {"epoch": 0, "batch": 0, "history": [], "epoch_losses": [], "seconds": 0.0}
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.resume and ckpt.exists():
-            state, meta = load_checkpoint(ckpt)
-            runner.load_state_dict(state)
-            progress.update({k: meta[k] for k in progress})
+    if resuming is not None:
+        state, meta = load_checkpoint(ckpt)
+        runner.load_state_dict(state)
+        progress.update({k: meta[k] for k in progress})
+
+    def save(at: dict) -> None:
+        save_checkpoint(ckpt, runner.state_dict(), {**at, "config": dataclasses.asdict(cfg), "backend": backend.name})
+
     steps_per_epoch = -(-len(ds.y_train) // cfg.batch)
     x_test = datasets.normalize(ds.x_test, ds.mean, ds.std).astype(cfg.dtype, copy=False)
     for epoch in range(progress["epoch"], cfg.epochs):
@@ -159,6 +166,7 @@ def train(cfg: RunConfig, ds=None, backend=None, on_step: Callable[[dict], None]
             it = tqdm(it, total=steps_per_epoch, initial=progress["batch"], leave=False,
                       desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}")
         t0, losses = time.perf_counter(), progress["epoch_losses"]
+        last_save = time.monotonic()
         for xb, yb, i in it:
             if i < progress["batch"]:  # done before the checkpoint this run resumed from
                 continue
@@ -167,10 +175,15 @@ def train(cfg: RunConfig, ds=None, backend=None, on_step: Callable[[dict], None]
                 raise TrainingDiverged(
                     f"{cfg.method}: loss became {loss} at epoch {epoch + 1}, batch {i + 1}; training "
                     f"stopped. Lower 'lr' (now {cfg.lr}) or check the data. "
-                    + (f"The last good checkpoint ({ckpt}) is intact." if ckpt else "No checkpoint was written."))
+                    + (f"{describe_checkpoint(ckpt)}." if ckpt else "No checkpoint was written (no --out)."))
             losses.append(loss[max(loss)])
             if on_step:
                 on_step(loss)
+            if ckpt and i + 1 < steps_per_epoch and checkpoint_due(every, epoch * steps_per_epoch + i + 1,
+                                                                   time.monotonic() - last_save):
+                save({**progress, "batch": i + 1, "epoch_losses": losses,
+                      "seconds": progress["seconds"] + time.perf_counter() - t0})
+                last_save = time.monotonic()
         train_seconds = time.perf_counter() - t0
         acc = evaluate(runner, x_test, ds.y_test)
         progress["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "test_acc": acc,
@@ -178,8 +191,7 @@ def train(cfg: RunConfig, ds=None, backend=None, on_step: Callable[[dict], None]
         progress.update(epoch=epoch + 1, batch=0, epoch_losses=[],
                         seconds=progress["seconds"] + time.perf_counter() - t0)
         if ckpt:
-            save_checkpoint(ckpt, runner.state_dict(),
-                            {**progress, "config": dataclasses.asdict(cfg), "backend": backend.name})
+            save(progress)
     history = progress["history"]
     result = {"config": dataclasses.asdict(cfg), "backend": backend.name, "backend_version": backend.version,
               "K": problem.partition.K if cfg.method != "bp" else 1,
@@ -196,12 +208,17 @@ def train(cfg: RunConfig, ds=None, backend=None, on_step: Callable[[dict], None]
 
 def compare(cfg: RunConfig, methods=("bp", "greedy", "backlink"), plot: str | None = None) -> list[dict]:
     """Train each method on the same data, seed and partition; returns their results."""
+    check_run_config(cfg)
+    check_plot_path(plot)
+    runs = [dataclasses.replace(cfg, method=m, out=str(Path(cfg.out) / m) if cfg.out else None) for m in methods]
+    for run in runs:  # every method's folder before the first trains
+        check_run_config(run)
+        prepare_run_folder(run)
     ds = datasets.load(cfg.dataset, root=cfg.data_root, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
     backend = make_backend(cfg.backend, cfg.device)
     results = []
-    for m in methods:
-        run = dataclasses.replace(cfg, method=m, out=str(Path(cfg.out) / m) if cfg.out else None)
-        results.append(train(run, ds, backend))
+    for run in runs:
+        results.append(train(dataclasses.replace(run, overwrite=False), ds, backend))
     if plot:
         from .plots import plot_curves
 

@@ -5,7 +5,7 @@ from typing import Mapping
 
 import numpy as np
 
-from backlink.spec import (Batch, Capabilities, Problem, SpecError, StepRecord, UpdateEvent,
+from backlink.spec import (Batch, Capabilities, Problem, SpecError, StepRecord, UpdateEvent, check_values,
                            module_bounds, reach_sets, state_key)
 
 from . import optim, parallel
@@ -43,15 +43,13 @@ class ReferenceRunner:
 
     def __init__(self, problem: Problem, params: Mapping, buffers: Mapping, xp=np, threads: int = 1):
         optim.check_optimizer(problem.optimizer)
+        check_values(problem, params, buffers)
         parallel.check_threads(threads)
         self.problem, self.xp, self.threads = problem, xp, threads
         dtype = np.dtype(problem.dtype)
         self.params = {k: xp.asarray(v, dtype=dtype) for k, v in params.items()}
         self.buffers = {k: xp.asarray(v, dtype=dtype) for k, v in buffers.items()}
         specs = problem.graph.params + tuple(p for h in problem.partition.heads for p in h.params)
-        missing = sorted({p.id for p in specs} - set(self.params))
-        if missing:
-            raise SpecError(f"field 'params' lacks ids {missing[:5]}{'...' if len(missing) > 5 else ''}")
         self.decay = frozenset(p.id for p in specs if p.decay)
         self.state = optim.init_state(self.params)
         self.t = 0

@@ -19,7 +19,8 @@ from typing import Mapping
 
 import numpy as np
 
-from backlink.spec import INPUT, Batch, Problem, SpecError, StepRecord, UpdateEvent, module_bounds
+from backlink.spec import (INPUT, Batch, Problem, SpecError, StepRecord, UpdateEvent, check_labels, check_values,
+                           module_bounds)
 from backlink.spec.pipeline import link_param_ids, module_param_ids, validate_pipelined
 
 from . import engine, optim
@@ -177,6 +178,7 @@ class PipelinedRunner:
 
     def __init__(self, problem: Problem, params: Mapping, buffers: Mapping, xp=np):
         check_problem(problem, params)
+        check_values(problem, params, buffers)
         self.problem, self.xp = problem, xp
         K = len(module_param_ids(problem))
         self.stages = [self.stage_class(problem, k, params, buffers, xp) for k in range(1, K + 1)]
@@ -201,6 +203,7 @@ class PipelinedRunner:
             raise SpecError(f"field 'x' has per-sample shape {x.shape[1:]}, graph {p.graph.name!r} "
                             f"needs {tuple(p.graph.input_shape)}")
         check_finite("input batch", x)
+        check_labels(batch.y, x.shape[0], p.graph.num_classes)
         return (int(batch.id), x, self.xp.asarray(batch.y))
 
     def deliver_links(self, sent: list) -> list:

@@ -49,16 +49,44 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, monkeypat
     assert untimed(resumed["history"]) == untimed(full["history"])
 
 
-@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
-def test_diverging_loss_stops_and_leaves_the_last_good_checkpoint(tmp_path):
-    cfg = tiny(tmp_path, epochs=1)
-    train(cfg)
+def _diverging_after(monkeypatch, n_steps):
+    """Steps after the first ``n_steps`` report a NaN loss, as a diverging run does."""
+    from backlink.experiments import train as train_module
+
+    real, calls = train_module._step_fn, []
+
+    def step_fn(runner, lean):
+        step = real(runner, lean)
+
+        def diverging(batch):
+            calls.append(1)
+            losses = step(batch)
+            return {k: float("nan") for k in losses} if len(calls) > n_steps else losses
+        return diverging
+    monkeypatch.setattr(train_module, "_step_fn", step_fn)
+
+
+def test_diverging_loss_stops_and_leaves_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, epochs=3)
+    _diverging_after(monkeypatch, 4)  # 3 steps per epoch: epoch 1 is saved, epoch 2 diverges
+    with pytest.raises(TrainingDiverged, match=r"loss became .* Lower 'lr' .* checkpoint .*after epoch 1\) "
+                                               r"is intact"):
+        train(cfg)
     before = arrays(tmp_path / "run/checkpoint.npz")
-    with pytest.raises(TrainingDiverged, match=r"loss became .* Lower 'lr' .* checkpoint .* is intact"):
-        train(tiny(tmp_path, epochs=3, lr=1e200, resume=True, momentum=0.0))
+    monkeypatch.undo()
+    _diverging_after(monkeypatch, 0)
+    with pytest.raises(TrainingDiverged, match="is intact"):
+        train(dataclasses.replace(cfg, resume=True))
     after = arrays(tmp_path / "run/checkpoint.npz")
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert not (tmp_path / "run/checkpoint.npz.tmp").exists()
+
+
+def test_divergence_before_any_checkpoint_says_none_was_written(tmp_path, monkeypatch):
+    _diverging_after(monkeypatch, 1)
+    with pytest.raises(TrainingDiverged, match="No checkpoint was written yet"):
+        train(tiny(tmp_path, epochs=2))
+    assert not (tmp_path / "run/checkpoint.npz").exists()
 
 
 def test_compare_trains_all_methods_on_one_partition_and_learns(tmp_path):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from backlink.reference.backend import state_entry, synchronous_events
 from backlink.reference.optim import check_optimizer
-from backlink.spec import (INPUT, Batch, Problem, SpecError, StepRecord, module_bounds,
+from backlink.spec import (INPUT, Batch, Problem, SpecError, StepRecord, check_labels, module_bounds,
                            state_key, tail_bounds, validate)
 
 from .ops import apply_op, to_internal, to_spec
@@ -103,6 +103,7 @@ class TorchRunner:
                             f"needs {tuple(g.input_shape)}")
         if not np.isfinite(x).all():
             raise FloatingPointError("input batch contains NaN or inf; check the input data (field 'x')")
+        check_labels(batch.y, x.shape[0], g.num_classes)
         xt = to_internal(torch.tensor(x, dtype=self.dtype, device=self.device)).contiguous()
         return xt, torch.as_tensor(np.asarray(batch.y), dtype=torch.long, device=self.device)
 
