@@ -12,13 +12,14 @@ from __future__ import annotations
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from backlink.reference.models import make_partition, mlp, resnet, small_cnn
+from backlink.reference.models import make_partition, mlp, resnet, small_cnn, vit
 from backlink.spec import LRSchedule, Method, Optimizer, Partition, Problem
 
 from .oracle import Case, make_case
 from .plugin import OPTIONS
 
-__all__ = ["MODEL_KINDS", "sweep", "graphs", "partitions", "methods", "optimizers", "problems",
+__all__ = ["MODEL_KINDS", "TRANSFORMER_KINDS", "transformer_graphs", "transformer_examples",
+           "adamw_optimizers", "transformer_smoke_case", "sweep", "graphs", "partitions", "methods", "optimizers", "problems",
            "cases", "smoke_graph", "smoke_problem", "smoke_case", "SMOKE_OPTIMIZER"]
 
 MODEL_KINDS = ("mlp", "cnn", "resnet-block", "resnet-layer")
@@ -26,10 +27,11 @@ BN_KINDS = ("cnn", "resnet-block", "resnet-layer")
 COEFFICIENTS = (1.0, 0.5, 2.0, 0.25, 1.5)
 
 
-def sweep(**strategies):
-    """``@given(**strategies)`` with the suite's settings: bounded, derandomized, no deadline."""
+def sweep(examples=None, **strategies):
+    """``@given(**strategies)`` with the suite's settings: bounded, derandomized, no deadline.
+    ``examples``: a function of ``--conformance-examples`` giving this sweep's count."""
     def decorate(fn):
-        test = settings(max_examples=OPTIONS.examples, deadline=None, derandomize=OPTIONS.seed == 0,
+        test = settings(max_examples=examples(OPTIONS.examples) if examples else OPTIONS.examples, deadline=None, derandomize=OPTIONS.seed == 0,
                         database=None, report_multiple_bugs=False, print_blob=False,
                         phases=(Phase.explicit, Phase.generate, Phase.shrink),
                         suppress_health_check=list(HealthCheck))(given(**strategies)(fn))
@@ -40,6 +42,8 @@ def sweep(**strategies):
 @st.composite
 def graphs(draw, kinds=MODEL_KINDS):
     kind = draw(st.sampled_from(kinds), label="model")
+    if kind in TRANSFORMER_KINDS:
+        return draw(transformer_graphs(kind), label="transformer")
     classes = draw(st.integers(2, 4), label="num_classes")
     if kind == "mlp":
         dim = draw(st.integers(2, 6), label="input_dim")
@@ -155,3 +159,61 @@ def smoke_case(method="backlink", dtype="float64", steps=1, optimizer=None, sche
                seed=1) -> Case:
     return make_case(smoke_problem(method, dtype, optimizer, schedule), seed=seed, batch_size=5,
                      steps=steps, first_id=0 if schedule == "pipelined" else 10)
+
+
+# ---------------------------------------------------------------- transformers (BL-2.7, BL-2.8)
+
+#: ViTs at block grain (a unit per pre-norm block) and at half-block grain (attention, MLP).
+TRANSFORMER_KINDS = ("vit-block", "vit-layer")
+
+
+def transformer_examples(n: int) -> int:
+    """Examples per transformer sweep: a quarter of ``--conformance-examples``, at least 2."""
+    return max(2, n // 4)
+
+
+@st.composite
+def transformer_graphs(draw, kind="vit-block"):
+    """Tiny ViTs: 4x4 to 8x8 images in 1 to 16 tokens, depth 1-3, width 4 or 6 in 1-2 heads.
+    Width >= 4: layer norm over 2 or 3 features is as ill-conditioned in float32 as batch
+    norm over a few values (two nearly equal features have a variance near 0)."""
+    side = draw(st.sampled_from((4, 6, 8)), label="image_side")
+    patch = draw(st.sampled_from([p for p in (2, 4, side) if side % p == 0]), label="patch")
+    heads = draw(st.integers(1, 2), label="heads")
+    return vit(input_shape=(side, side, draw(st.integers(1, 3), label="channels")), patch=patch,
+               depth=draw(st.integers(1, 3), label="depth"), width=draw(st.sampled_from((4, 6)), label="width"),
+               heads=heads, mlp_ratio=draw(st.integers(1, 2), label="mlp_ratio"),
+               num_classes=draw(st.integers(2, 4), label="num_classes"), granularity=kind.split("-")[1])
+
+
+@st.composite
+def adamw_optimizers(draw, eps=(1e-6, 1e-3)):
+    """BL-4.7: AdamW with drawn betas, eps, decoupled weight decay and LR schedule.
+
+    eps >= 1e-6: AdamW divides by the gradient's RMS, so a gradient that is 0 in exact
+    arithmetic (the attention key bias: softmax ignores a per-query shift) but rounding
+    noise in practice moves its parameter by lr * noise / eps; two conforming backends'
+    noises differ. float32 sweeps pass ``eps=(1e-3,)`` (float32 noise is 1e-9 and up)."""
+    return Optimizer(kind="adamw", lr=draw(st.sampled_from((0.01, 0.05)), label="lr"),
+                     betas=draw(st.sampled_from(((0.9, 0.999), (0.5, 0.9))), label="betas"),
+                     eps=draw(st.sampled_from(eps), label="eps"),
+                     weight_decay=draw(st.sampled_from((0.0, 0.1)), label="weight_decay"),
+                     schedule=draw(schedules(), label="schedule"))
+
+
+#: every AdamW feature at once: decay, warmup then cosine (run past its end: lr 0 from t = 5)
+SMOKE_ADAMW = Optimizer(kind="adamw", lr=0.05, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1,
+                        schedule=LRSchedule("cosine", warmup=1, total=5))
+
+
+def transformer_smoke_case(method="backlink", dtype="float64", steps=1, optimizer=None, schedule="synchronous",
+                           seed=2) -> Case:
+    """A two-block ViT at half-block grain (6 units) on 8x8x2 images, 4 tokens of width 4 in
+    2 heads; modules of 2, 2 and 2 units (a cut between the halves of block 2), P = 1, beta 0.5."""
+    graph = vit(input_shape=(8, 8, 2), patch=4, depth=2, width=4, heads=2, mlp_ratio=2, num_classes=3,
+                granularity="layer")
+    partition = make_partition(graph, (2, 4)) if method != "bp" else Partition()
+    m = {"bp": Method("bp"), "greedy": Method("greedy", loss_weights=(0.5, 2.0, 1.5)),
+         "backlink": Method("backlink", link_length=1, beta=0.5, loss_weights=(0.5, 2.0, 1.5))}[method]
+    problem = Problem(graph, partition, m, optimizer or Optimizer(), schedule, dtype)
+    return make_case(problem, seed=seed, batch_size=5, steps=steps, first_id=0 if schedule == "pipelined" else 10)

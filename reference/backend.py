@@ -49,7 +49,7 @@ class ReferenceRunner:
         if missing:
             raise SpecError(f"field 'params' lacks ids {missing[:5]}{'...' if len(missing) > 5 else ''}")
         self.decay = frozenset(p.id for p in specs if p.decay)
-        self.state = optim.init_state(self.params)
+        self.state = optim.init_state(self.params, problem.optimizer)
         self.t = 0
 
     def step(self, batch: Batch) -> StepRecord:
@@ -58,7 +58,7 @@ class ReferenceRunner:
         y = self.xp.asarray(batch.y)
         grads, losses = gradients(p.graph, p.partition, p.method, self.params, self.buffers, x, y,
                                   validated=True)
-        self.params, self.state = optim.sgd(self.params, grads, self.state, p.optimizer, self.t, self.decay)
+        self.params, self.state = optim.step(self.params, grads, self.state, p.optimizer, self.t, self.decay)
         events = synchronous_events(p, self.t, batch.id)
         self.t += 1
         host = lambda d: {k: to_host(v) for k, v in d.items()}  # noqa: E731

@@ -4,14 +4,15 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from backlink.spec import LRSchedule, Optimizer, SpecError
+from backlink.spec import OPTIMIZER_KINDS, LRSchedule, Optimizer, SpecError
 
-__all__ = ["lr_at", "sgd", "init_state", "check_optimizer"]
+__all__ = ["lr_at", "sgd", "adamw", "step", "init_state", "check_optimizer"]
 
 SCHEDULE_KINDS = ("constant", "step", "cosine")
 
 
 def check_optimizer(opt: Optimizer) -> None:
+    _check_kind(opt)
     s = opt.schedule
     if s.kind not in SCHEDULE_KINDS:
         raise SpecError(f"field 'schedule.kind' is {s.kind!r}; allowed: {', '.join(SCHEDULE_KINDS)}")
@@ -45,9 +46,54 @@ def lr_at(base: float, s: LRSchedule, t: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def init_state(params: Mapping) -> dict:
-    """Momentum buffers, all zero."""
+def _check_kind(opt: Optimizer) -> None:
+    """BL-4.7.3: the optimizer kind and AdamW's own fields."""
+    if opt.kind not in OPTIMIZER_KINDS:
+        raise SpecError(f"field 'optimizer.kind' is {opt.kind!r}; allowed: {', '.join(OPTIMIZER_KINDS)}")
+    if opt.kind != "adamw":
+        return
+    if opt.momentum or opt.nesterov:
+        raise SpecError("fields 'optimizer.momentum'/'optimizer.nesterov' are SGD's; AdamW's momentum is "
+                        "'optimizer.betas': leave momentum 0 and nesterov False")
+    betas = opt.betas
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+        raise SpecError(f"field 'optimizer.betas' is {betas!r}; it must be two numbers in [0, 1)")
+    if not (isinstance(opt.eps, (int, float)) and math.isfinite(opt.eps) and opt.eps > 0):
+        raise SpecError(f"field 'optimizer.eps' is {opt.eps!r}; it must be a finite number > 0")
+
+
+def init_state(params: Mapping, opt: Optimizer | None = None) -> dict:
+    """SGD: momentum buffers, all zero. AdamW: (m, v, n) per parameter, zeros and count 0."""
+    if opt is not None and opt.kind == "adamw":
+        return {k: (0 * v, 0 * v, 0) for k, v in params.items()}
     return {k: 0 * v for k, v in params.items()}
+
+
+def step(params: Mapping, grads: Mapping, state: Mapping, opt: Optimizer, t: int,
+         decay: frozenset[str]) -> tuple[dict, dict]:
+    """One update with the optimizer ``opt.kind`` names (BL-4.3 SGD, BL-4.7 AdamW)."""
+    return (adamw if opt.kind == "adamw" else sgd)(params, grads, state, opt, t, decay)
+
+
+def adamw(params: Mapping, grads: Mapping, state: Mapping, opt: Optimizer, t: int,
+          decay: frozenset[str]) -> tuple[dict, dict]:
+    """BL-4.7: one AdamW step (Loshchilov and Hutter 2019, PyTorch's ``AdamW`` semantics).
+
+    ``state[k]`` is (m, v, n): first and second moments and the number of updates the
+    parameter has had. Bias correction uses n (this update included), so a parameter
+    that gets no gradient at a step keeps its count; the learning rate uses ``t``.
+    """
+    lr, (b1, b2) = lr_at(opt.lr, opt.schedule, t), opt.betas
+    params, state = dict(params), dict(state)
+    for k, g in grads.items():
+        m, v, n = state[k]
+        m, v, n = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * (g * g), n + 1
+        theta = params[k] * (1 - lr * opt.weight_decay) if k in decay else params[k]  # decoupled decay
+        vhat = v / (1 - b2 ** n)
+        params[k] = theta - lr * (m / (1 - b1 ** n)) / (vhat ** 0.5 + opt.eps)
+        state[k] = (m, v, n)
+    return params, state
 
 
 def sgd(params: Mapping, grads: Mapping, state: Mapping, opt: Optimizer, t: int,

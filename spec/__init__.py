@@ -2,16 +2,16 @@
 
 Clause numbers (BL-x.y) refer to the normative text in ``spec/*.md``.
 """
-from .config import DTYPES, SCHEDULES, LRSchedule, Optimizer, Problem, UpdateEvent
+from .config import DTYPES, OPTIMIZER_KINDS, SCHEDULES, LRSchedule, Optimizer, Problem, UpdateEvent
 from .graph import INPUT, PRIMITIVES, ArraySpec, Graph, Op, SpecError, Unit
 from .partition import (METHODS, Method, Partition, Reach, module_bounds, reach_sets,
                         tail_bounds, validate)
 from .protocol import Backend, Batch, Capabilities, Runner, StepRecord
 from .tolerances import TOLERANCES, tolerance
 
-SPEC_VERSION = "0.1"
+SPEC_VERSION = "0.2"
 
-__all__ = ["SPEC_VERSION", "DTYPES", "SCHEDULES", "LRSchedule", "Optimizer", "Problem",
+__all__ = ["SPEC_VERSION", "DTYPES", "OPTIMIZER_KINDS", "SCHEDULES", "LRSchedule", "Optimizer", "Problem",
            "UpdateEvent", "INPUT", "PRIMITIVES", "ArraySpec", "Graph", "Op", "SpecError", "Unit",
            "METHODS", "Method", "Partition", "Reach", "module_bounds", "reach_sets", "tail_bounds",
            "validate", "Backend", "Batch", "Capabilities", "Runner", "StepRecord", "TOLERANCES",

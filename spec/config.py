@@ -7,7 +7,7 @@ from typing import Literal
 from .graph import Graph, SpecError
 from .partition import Method, Partition, validate
 
-__all__ = ["LRSchedule", "Optimizer", "UpdateEvent", "Problem", "SCHEDULES", "DTYPES"]
+__all__ = ["OPTIMIZER_KINDS", "LRSchedule", "Optimizer", "UpdateEvent", "Problem", "SCHEDULES", "DTYPES"]
 
 SCHEDULES = ("synchronous", "pipelined")
 DTYPES = ("float64", "float32")
@@ -29,14 +29,24 @@ class LRSchedule:
     total: int = 1
 
 
+OPTIMIZER_KINDS = ("sgd", "adamw")
+
+
 @dataclass(frozen=True)
 class Optimizer:
-    """BL-4.3: SGD with momentum, Nesterov and L2 weight decay (PyTorch semantics).
+    """BL-4.3: SGD with momentum, Nesterov and L2 weight decay (PyTorch semantics), or
+    BL-4.7: AdamW (``kind="adamw"``).
 
-    For a parameter theta with gradient g at step t (PyTorch's SGD, dampening 0):
+    SGD, for a parameter theta with gradient g at step t (PyTorch's SGD, dampening 0):
     ``d = g + weight_decay * theta`` if the parameter's ``decay`` flag is set, else ``g``;
     ``buf = momentum * buf + d`` (buf starts at 0); ``u = d + momentum * buf`` if
     ``nesterov`` else ``buf`` (``d`` when momentum is 0); ``theta -= lr(t) * u``.
+
+    AdamW, with n the number of updates this parameter has had, this one included:
+    ``m = b1 * m + (1 - b1) * g``; ``v = b2 * v + (1 - b2) * g * g`` (both start at 0);
+    ``theta = theta * (1 - lr(t) * weight_decay)`` if the ``decay`` flag is set (decoupled:
+    the decay never enters m or v); ``theta -= lr(t) * (m / (1 - b1**n)) /
+    (sqrt(v / (1 - b2**n)) + eps)``. ``momentum`` and ``nesterov`` are SGD's and stay 0.
     """
 
     lr: float = 0.1
@@ -44,6 +54,9 @@ class Optimizer:
     nesterov: bool = False
     weight_decay: float = 0.0
     schedule: LRSchedule = field(default_factory=LRSchedule)
+    kind: Literal["sgd", "adamw"] = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
 
 
 @dataclass(frozen=True)

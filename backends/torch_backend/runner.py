@@ -20,7 +20,7 @@ from backlink.spec import (INPUT, Batch, Problem, SpecError, StepRecord, module_
                            tail_bounds, validate)
 
 from .ops import apply_op, to_internal
-from .optim import sgd_
+from .optim import step_
 from .segments import SegmentRecord, backprop_loss, make_plan
 
 __all__ = ["TorchRunner", "host"]
@@ -88,7 +88,7 @@ class TorchRunner:
         x, y = self._batch(batch)
         with self._exact_math():
             grads, losses = self.gradients(x, y)
-            sgd_(self.params, grads, self.state, p.optimizer, self.t, self.decay)
+            step_(self.params, grads, self.state, p.optimizer, self.t, self.decay)
         events = synchronous_events(p, self.t, batch.id)
         self.t += 1
         return StepRecord({k: host(v) for k, v in grads.items()}, losses, events,

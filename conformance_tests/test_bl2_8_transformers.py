@@ -1,0 +1,130 @@
+"""BL-2.8 / BL-4.7: Vision Transformers through the gradient, reach, schedule and optimizer checks.
+
+The same checks as ``test_bl3_gradients``, ``test_bl3_reach``, ``test_bl4_schedule`` and
+``test_bl4_2_pipeline``, on drawn ViTs (depth, width, heads, patch, grain, cuts, heads,
+P, beta), plus AdamW (BL-4.7): its update rule replayed on the backend's own gradients,
+and parameters after several steps against the reference. Sweeps run a quarter of
+``--conformance-examples`` (at least 2), so the default run stays quick.
+"""
+import dataclasses
+
+import pytest
+
+from backlink.reference import optim
+from backlink.spec import DTYPES
+
+from backlink_conformance.compare import assert_close
+from backlink_conformance.oracle import run_backend, run_reference
+from backlink_conformance.strategies import (SMOKE_ADAMW, TRANSFORMER_KINDS, adamw_optimizers, cases, optimizers,
+                                             sweep, transformer_examples, transformer_smoke_case)
+from backlink_conformance.test_bl3_gradients import check_gradients
+from backlink_conformance.test_bl3_reach import check_reach_exact
+from backlink_conformance.test_bl4_2_pipeline import check_ticks, drained_feed, run_feed
+from backlink_conformance.test_bl4_optimizer import decay_ids, f64
+from backlink_conformance.test_bl4_schedule import check_several_steps
+
+METHODS = ["bp", "greedy", "backlink"]
+
+
+def vit_cases(method, dtype, **kw):
+    return cases(method, dtype, kinds=TRANSFORMER_KINDS, **kw)
+
+
+def check_adamw_rule(backend, case, clause="BL-4.7"):
+    """Replay AdamW on the backend's own grads, step by step from its own parameters."""
+    problem, opt = case.problem, case.problem.optimizer
+    decay = decay_ids(problem)
+    before, state = f64(case.params), optim.init_state(f64(case.params), opt)
+    for t, rec in enumerate(run_backend(backend, case)):
+        want, state = optim.adamw(before, f64(rec.grads), state, opt, t, decay)
+        for k in want:
+            assert_close(rec.params[k], want[k], clause=clause, dtype=problem.dtype, what="params", case=case,
+                         name=f"step {t} params[{k!r}]",
+                         note=f"\n  AdamW from the backend's own grads, lr(t={t}) = "
+                              f"{optim.lr_at(opt.lr, opt.schedule, t):g}, "
+                              f"{'decoupled decay' if k in decay else 'no decay'}, moments of {t + 1} step(s)")
+        before = f64(rec.params)
+
+
+# ---------------------------------------------------------------- fixed cases
+
+@pytest.mark.conformance_smoke
+@pytest.mark.parametrize("method", METHODS)
+def test_bl2_8_transformer_gradients_smoke(backend, method):
+    check_gradients(backend, transformer_smoke_case(method))
+
+
+@pytest.mark.conformance_smoke
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bl4_7_adamw_update_rule_smoke(backend, dtype):
+    check_adamw_rule(backend, transformer_smoke_case("backlink", dtype, steps=6, optimizer=SMOKE_ADAMW))
+
+
+@pytest.mark.conformance_smoke
+@pytest.mark.parametrize("method", METHODS)
+def test_bl4_7_adamw_several_steps_smoke(backend, method):
+    check_several_steps(backend, transformer_smoke_case(method, steps=4, optimizer=SMOKE_ADAMW), clause="BL-4.7")
+
+
+# ---------------------------------------------------------------- sweeps
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_bl2_8_transformer_gradients(backend, method, dtype):
+    @sweep(transformer_examples, case=vit_cases(method, dtype))
+    def check(case):
+        check_gradients(backend, case)
+    check()
+
+
+@pytest.mark.parametrize("method", ["greedy", "backlink"])
+def test_bl2_8_transformer_reach_sets_exact(backend, method):
+    @sweep(transformer_examples, case=vit_cases(method, "float64"))
+    def check(case):
+        check_reach_exact(backend, case)
+    check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_bl2_8_transformer_several_steps(backend, method, dtype):
+    """Schedule BL-4.1 with SGD or AdamW (BL-4.7): events exact, parameters after 3 steps.
+
+    AdamW trajectories are compared in float64 only: AdamW divides each gradient by its
+    running RMS, so float32 rounding of a small gradient becomes an O(lr) change of the
+    parameter, and the float32 and float64 trajectories part after a step or two. Float32
+    AdamW is checked step by step on the backend's own gradients (the update rule test).
+    Float32 SGD runs 2 steps at a tenth of the drawn rate (a transformer's usual scale):
+    at SGD's CNN rates a tiny ViT's float32 gradients part from float64 within 3 steps by
+    more than the ``steps`` tolerance in about one example in twenty, in the reference too.
+    """
+    if dtype == "float64":
+        opt, steps = optimizers() | adamw_optimizers(), 3
+    else:
+        opt, steps = optimizers().map(lambda o: dataclasses.replace(o, lr=o.lr / 10)), 2
+
+    @sweep(transformer_examples, case=vit_cases(method, dtype, steps=steps, optimizer=opt))
+    def check(case):
+        check_several_steps(backend, case)
+    check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bl4_7_adamw_update_rule(backend, dtype):
+    eps = (1e-6, 1e-3) if dtype == "float64" else (1e-3,)
+
+    @sweep(transformer_examples, case=vit_cases("backlink", dtype, steps=4, optimizer=adamw_optimizers(eps)))
+    def check(case):
+        check_adamw_rule(backend, case)
+    check()
+
+
+@pytest.mark.parametrize("schedule", ["pipelined"])
+@pytest.mark.parametrize("method", ["greedy", "backlink"])
+def test_bl2_8_transformer_pipelined(backend, method, schedule):
+    @sweep(transformer_examples, case=vit_cases(method, "float64", steps=3, schedule=schedule,
+                                                optimizer=adamw_optimizers()))
+    def check(case):
+        feed = drained_feed(case)
+        check_ticks(run_feed(backend, case, feed), run_reference(case), case, feed)
+    check()
