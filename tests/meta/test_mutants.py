@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:  # the subprocesses import tests.meta.mutants from
 
 #: Modules of mutant backends; each has ``MUTANTS`` (class names) and a bug-free ``Baseline``.
 #: The torch mutants plant bugs in the torch backend's own code (skipped without torch).
-MUTANT_MODULES = ("tests.meta.mutants", "tests.meta.mutants_pipeline") + \
+MUTANT_MODULES = ("tests.meta.mutants", "tests.meta.mutants_pipeline", "tests.meta.mutants_vit") + \
     (("tests.meta.mutants_torch",) if importlib.util.find_spec("torch") else ())
 CASES = [(module, name) for module in MUTANT_MODULES for name in importlib.import_module(module).MUTANTS]
 
