@@ -1,44 +1,21 @@
 """Finding the backend under test: an installed name or ``module:attr``."""
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
-
 import pytest
+
+from backlink.backends import (GROUP, REQUIRED_MEMBERS, BackendNotFound, import_backend,
+                               installed_backends)
 
 __all__ = ["ENV_VAR", "GROUP", "installed_backends", "load_backend", "describe_backend"]
 
 ENV_VAR = "BACKLINK_BACKEND"
-GROUP = "backlink.backends"
-REQUIRED_MEMBERS = ("name", "version", "capabilities", "prepare")
-
-
-def installed_backends() -> list[str]:
-    return sorted({ep.name for ep in entry_points(group=GROUP)})
 
 
 def _import_target(spec: str):
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            obj = importlib.import_module(module_name)
-        except ImportError as e:
-            raise pytest.UsageError(f"--backend {spec!r}: cannot import module {module_name!r}: {e}") from e
-        for part in attr.split("."):
-            if not hasattr(obj, part):
-                raise pytest.UsageError(f"--backend {spec!r}: module {module_name!r} has no attribute {attr!r}")
-            obj = getattr(obj, part)
-        return obj
-    matches = [ep for ep in entry_points(group=GROUP) if ep.name == spec]
-    if not matches:
-        raise pytest.UsageError(
-            f"--backend {spec!r}: no installed backend of that name (entry-point group {GROUP!r}); "
-            f"installed: {', '.join(installed_backends()) or 'none'}; or give package.module:attr")
     try:
-        return matches[0].load()
-    except Exception as e:  # an optional dependency (torch, cupy) is missing, typically
-        raise pytest.UsageError(f"--backend {spec!r}: loading {matches[0].value} failed: "
-                                f"{type(e).__name__}: {e}") from e
+        return import_backend(spec)
+    except BackendNotFound as e:
+        raise pytest.UsageError(str(e)) from e
 
 
 def load_backend(spec: str):

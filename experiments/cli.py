@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -18,19 +19,8 @@ def _cuts(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--cuts must be comma-separated unit indices, e.g. 2,4,6; got {text!r}")
 
 
-#: --backend NAME -> the reference's array device (the CLI trains with the reference engine).
-BACKEND_DEVICES = {"numpy": "cpu", "cupy": "cuda"}
-
-
-def _backend_device(name: str) -> str:
-    if name not in BACKEND_DEVICES:
-        hint = (" (train torch models with backlink.backends.torch_backend.api.BackLink; see "
-                "python -m backlink.backends.torch_backend.examples.train_resnet)") if name == "torch" else ""
-        raise argparse.ArgumentTypeError(f"--backend is {name!r}; allowed: {', '.join(BACKEND_DEVICES)}{hint}")
-    return BACKEND_DEVICES[name]
-
-
-def _run_args(p: argparse.ArgumentParser, with_method: bool) -> None:
+def _run_args(p: argparse.ArgumentParser, with_method: bool, grid: bool = False) -> None:
+    """The run options; ``grid``: K, P, beta, head and seed take lists (``backlink sweep``)."""
     from backlink.experiments.train import RunConfig
 
     d = RunConfig()
@@ -40,12 +30,15 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool) -> None:
                    help="ResNet unit grain: link length counts these units (default %(default)s)")
     if with_method:
         g.add_argument("--method", default=d.method, choices=["bp", "greedy", "backlink"])
-    g.add_argument("--K", type=int, default=d.K, help="number of modules (default %(default)s)")
-    g.add_argument("--cuts", type=_cuts, default=None, help="explicit cut points, overrides --K")
-    g.add_argument("--P", "--link-length", dest="link_length", type=int, default=d.link_length,
-                   help="BackLink link length in units (default %(default)s)")
-    g.add_argument("--beta", type=float, default=d.beta)
-    g.add_argument("--head", default=d.head, choices=["linear", "conv"])
+    many = dict(nargs="+") if grid else {}
+    listed = (lambda v: [v]) if grid else (lambda v: v)
+    g.add_argument("--K", type=int, default=listed(d.K), help="number of modules (default %(default)s)", **many)
+    if not grid:
+        g.add_argument("--cuts", type=_cuts, default=None, help="explicit cut points, overrides --K")
+    g.add_argument("--P", "--link-length", dest="link_length", type=int, default=listed(d.link_length),
+                   help="BackLink link length in units (default %(default)s)", **many)
+    g.add_argument("--beta", type=float, default=listed(d.beta), **many)
+    g.add_argument("--head", default=listed(d.head), choices=["linear", "conv"], **many)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset,
                    help="digits, mnist5k, fashion-mnist, cifar10, cifar100, stl10, synthetic")
@@ -63,13 +56,22 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool) -> None:
     g.add_argument("--schedule", default=d.schedule, choices=["constant", "step", "cosine"])
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", "--seeds", dest="seed", type=int, default=[0, 1, 2] if grid else d.seed,
+                   help="seed(s) (default %(default)s)", **many)
     g.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
-    g.add_argument("--backend", dest="device", type=_backend_device, default=argparse.SUPPRESS, metavar="{numpy,cupy}",
-                   help="numpy (CPU, default) or cupy (CUDA GPU): the same reference code on either")
-    g.add_argument("--device", default=d.device, choices=["cpu", "cuda"], help="same as --backend numpy|cupy")
-    g.add_argument("--out", default=None, help="run folder for checkpoint.npz and result.json")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    g.add_argument("--backend", default=d.backend, metavar="NAME",
+                   help="numpy (the reference, default), cupy (the reference on a GPU), torch, or "
+                        "package.module:Class (a backend defined elsewhere; BL-6)")
+    g.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
+                   help="for backends that take one (torch: default cuda if available, else cpu); "
+                        "with the reference, cuda means --backend cupy")
+    if grid:
+        g.add_argument("--out", required=True, help="sweep folder: sweep.json, runs/, summary.csv/json, plots/")
+        g.add_argument("--jobs", type=int, default=1,
+                       help="worker processes, each with one BLAS/torch thread (default %(default)s)")
+    else:
+        g.add_argument("--out", default=None, help="run folder for checkpoint.npz and result.json")
+        g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     g.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -103,6 +105,30 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from backlink.experiments.aggregate import format_summary, summarize, write_summary
+    from backlink.experiments.plots import plot_sweep
+    from backlink.experiments.sweep import Grid, run_sweep
+    from backlink.experiments.train import RunConfig
+
+    names = {f.name for f in dataclasses.fields(RunConfig)} - {"K", "link_length", "beta", "head", "seed"}
+    base = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+    grid = Grid(tuple(args.methods), tuple(args.K), tuple(args.link_length), tuple(args.beta),
+                tuple(args.head), tuple(args.seed))
+    results = run_sweep(base, grid, args.out, jobs=args.jobs, progress=args.progress)
+    rows = summarize(results)
+    write_summary(rows, args.out, meta={"command": "backlink " + shlex.join(args.argv), "grid": dataclasses.asdict(grid),
+                                        "base": dataclasses.asdict(base)})
+    print(f"\n{base.model} on {base.dataset}, {base.epochs} epochs, batch {base.batch}, backend {base.backend}, "
+          f"seeds {list(grid.seeds)} (mean ± std over seeds)")
+    print(format_summary(rows))
+    if args.plot:
+        paths = plot_sweep(rows, f"{args.out}/plots", title=f"{base.model} on {base.dataset}")
+        print("plots: " + ", ".join(paths))
+    print(f"table: {args.out}/summary.csv, {args.out}/summary.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="backlink", description=MAIN_HELP)
     sub = p.add_subparsers(dest="command", required=True)
@@ -116,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["bp", "greedy", "backlink"])
     c.add_argument("--plot", default=None, help="save accuracy curves to this PNG")
     c.set_defaults(func=cmd_compare)
+    w = sub.add_parser("sweep", help="a grid of runs (methods x K x P x beta x head x seeds); "
+                                     "mean ± std table, CSV/JSON and plots")
+    _run_args(w, with_method=False, grid=True)
+    w.add_argument("--methods", nargs="+", default=["bp", "greedy", "backlink"],
+                   choices=["bp", "greedy", "backlink"])
+    w.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG plots")
+    w.set_defaults(func=cmd_sweep)
     for extra in ("reference.costs", "experiments.mpi_runner"):  # subcommands contributed by other modules
         try:
             mod = __import__(f"backlink.{extra}", fromlist=["add_subcommand"])
@@ -127,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from backlink.reference.xp import DeviceUnavailable
     from backlink.spec import SpecError
 

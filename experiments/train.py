@@ -1,29 +1,36 @@
-"""The training loop: train one method, or compare BP, greedy and BackLink on one setup.
+"""The training loop over the backend protocol: train one method, or compare BP, greedy and BackLink.
 
-Everything random is derived from ``seed``: initial parameters (``init_params``), and
-per epoch the data order and augmentation (``default_rng([seed, epoch])``). So a run
-resumed from an epoch checkpoint is bit-identical to an uninterrupted one.
+Any backend that the conformance suite accepts trains here, through the BL-6.5 lean
+path (``train_step``, ``predict``, ``state_dict``/``load_state_dict``); a runner
+without ``train_step`` trains through ``step``. Everything random is derived from
+``seed``: initial parameters (``init_params``), and per epoch the data order and
+augmentation (``default_rng([seed, epoch])``). So a run resumed from a checkpoint is
+bit-identical to an uninterrupted one, on every backend that computes deterministically.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from backlink.reference.memory import activation_bytes
+from backlink.reference.models import build_model, even_cuts, init_params, make_partition
 from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem
 
-from backlink.reference.checkpoint import save_atomic
 from . import data as datasets
-from backlink.reference.backend import ReferenceRunner
-from backlink.reference.backlink import accuracy, gradients, predict
-from backlink.reference.models import build_model, even_cuts, init_params, make_partition
-from backlink.reference.xp import namespace_for, to_host
+from .backends import check_backend, check_runner, make_backend
+from .checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
 
-__all__ = ["RunConfig", "TrainingDiverged", "train", "compare", "format_table"]
+__all__ = ["RunConfig", "TrainingDiverged", "train", "compare", "format_table", "build_problem",
+           "evaluate", "RESULT"]
+
+RESULT = "result.json"
 
 
 class TrainingDiverged(FloatingPointError):
@@ -32,7 +39,11 @@ class TrainingDiverged(FloatingPointError):
 
 @dataclass
 class RunConfig:
-    """One training run. ``cuts`` overrides ``K``; ``link_length`` is P (BackLink only)."""
+    """One training run. ``cuts`` overrides ``K``; ``link_length`` is P (BackLink only).
+
+    ``backend``: numpy, cupy, torch, or package.module:Class; ``device``: for backends
+    that take one (torch: cpu or cuda; None: the backend's default).
+    """
 
     model: str = "resnet8"
     granularity: str = "block"
@@ -57,13 +68,14 @@ class RunConfig:
     warmup_epochs: int = 0
     seed: int = 0
     dtype: str = "float32"
-    device: str = "cpu"
+    backend: str = "numpy"
+    device: str | None = None
     out: str | None = None  # run folder: checkpoint.npz, result.json
     resume: bool = False
     progress: bool = True
 
 
-def _setup(cfg: RunConfig, ds):
+def build_problem(cfg: RunConfig, ds) -> Problem:
     kw = dict(input_shape=ds.input_shape, num_classes=ds.num_classes)
     if cfg.model.startswith("resnet"):
         kw["granularity"] = cfg.granularity
@@ -80,101 +92,98 @@ def _setup(cfg: RunConfig, ds):
     return Problem(graph, partition, method, opt, dtype=cfg.dtype)
 
 
-def _checkpoint(runner: ReferenceRunner, epoch: int, history: list) -> dict:
-    out = {"meta": np.array(json.dumps({"epoch": epoch, "t": runner.t, "history": history}))}
-    for prefix, d in (("p:", runner.params), ("b:", runner.buffers), ("s:", runner.state)):
-        out.update({prefix + k: to_host(v) for k, v in d.items()})
-    return out
-
-
-def _restore(runner: ReferenceRunner, path: Path) -> tuple[int, list]:
-    with np.load(path) as z:
-        meta = json.loads(str(z["meta"]))
-        for prefix, d in (("p:", runner.params), ("b:", runner.buffers), ("s:", runner.state)):
-            for k in d:
-                d[k] = runner.xp.asarray(z[prefix + k])
-    runner.t = meta["t"]
-    return meta["epoch"], meta["history"]
-
-
-def evaluate(problem: Problem, runner: ReferenceRunner, x, y, batch: int = 500) -> float:
-    xp = runner.xp
-    correct = 0.0
+def evaluate(runner, x, y, batch: int = 500) -> float:
+    """Test accuracy from the runner's eval-mode logits (BL-6.5 ``predict``)."""
+    correct = 0
     for i in range(0, len(y), batch):
-        logits = predict(problem.graph, runner.params, runner.buffers, xp.asarray(x[i:i + batch], problem.dtype))
-        correct += accuracy(logits, xp.asarray(y[i:i + batch])) * len(y[i:i + batch])
+        logits = runner.predict(x[i:i + batch])
+        correct += int((np.argmax(logits, axis=1) == y[i:i + batch]).sum())
     return correct / len(y)
 
 
-def peak_activation_bytes(problem: Problem, runner: ReferenceRunner, x, y) -> int:
-    """Peak live activation bytes of one training step as metered by BL-7.2, measured."""
-    peak = [0]
-    buffers = dict(runner.buffers)  # a throwaway copy: measuring must not move BN statistics
-    gradients(problem.graph, problem.partition, problem.method, runner.params, buffers, x, y,
-              meter=lambda phase, k, n: peak.__setitem__(0, max(peak[0], n)))
-    return peak[0]
+def _step_fn(runner, lean: bool) -> Callable[[Batch], dict]:
+    return runner.train_step if lean else (lambda b: runner.step(b).losses)
 
 
-def train(cfg: RunConfig, ds=None) -> dict:
-    """Train one method; returns the result dict (also written to ``out/result.json``)."""
+def train(cfg: RunConfig, ds=None, backend=None, on_steps: Callable[[int], None] | None = None) -> dict:
+    """Train one method; returns the result dict (also written to ``out/result.json``).
+
+    ``backend``: a backend object (default: ``make_backend(cfg.backend, cfg.device)``).
+    ``on_steps(n)``: called with the number of steps done since its last call (progress).
+    """
     ds = ds or datasets.load(cfg.dataset, root=cfg.data_root, n_train=cfg.n_train, n_test=cfg.n_test,
                              seed=cfg.seed)
-    problem = _setup(cfg, ds)
-    xp = namespace_for(cfg.device)
+    problem = build_problem(cfg, ds)
+    backend = backend or make_backend(cfg.backend, cfg.device)
+    check_backend(backend, problem)
     params, buffers = init_params(problem.graph, problem.partition, cfg.seed, cfg.dtype)
-    runner = ReferenceRunner(problem, params, buffers, xp=xp)
+    runner = backend.prepare(problem, params, buffers)
+    step = _step_fn(runner, check_runner(backend, runner))
     out = Path(cfg.out) if cfg.out else None
-    ckpt = out / "checkpoint.npz" if out else None
-    start, history = 0, []
+    ckpt = out / CHECKPOINT if out else None
+    progress = {"epoch": 0, "batch": 0, "history": [], "epoch_losses": [], "seconds": 0.0}
     if out:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.resume and ckpt.exists():
-            start, history = _restore(runner, ckpt)
-    x_test = datasets.normalize(ds.x_test, ds.mean, ds.std)
-    t0, peak = time.perf_counter(), None
-    for epoch in range(start, cfg.epochs):
+            state, meta = load_checkpoint(ckpt)
+            runner.load_state_dict(state)
+            progress.update({k: meta[k] for k in progress})
+    steps_per_epoch = -(-len(ds.y_train) // cfg.batch)
+    x_test = datasets.normalize(ds.x_test, ds.mean, ds.std).astype(cfg.dtype, copy=False)
+    for epoch in range(progress["epoch"], cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])
         x = datasets.augment(ds.x_train, rng) if cfg.augment else ds.x_train
         x = datasets.normalize(x, ds.mean, ds.std)
-        losses = []
         it = datasets.batches(x, ds.y_train, cfg.batch, rng)
         if cfg.progress:
             from tqdm import tqdm
 
-            it = tqdm(it, total=-(-len(ds.y_train) // cfg.batch), leave=False,
+            it = tqdm(it, total=steps_per_epoch, initial=progress["batch"], leave=False,
                       desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}")
-        for xb, yb, _ in it:
-            xb, yb = xp.asarray(xb, cfg.dtype), xp.asarray(yb)
-            if peak is None:
-                peak = peak_activation_bytes(problem, runner, xb, yb)
-            record = runner.step(Batch(xb, yb, runner.t))
-            loss = record.losses[max(record.losses)]
-            if not np.isfinite(list(record.losses.values())).all():
+        t0, losses = time.perf_counter(), progress["epoch_losses"]
+        for xb, yb, i in it:
+            if i < progress["batch"]:  # done before the checkpoint this run resumed from
+                continue
+            loss = step(Batch(xb.astype(cfg.dtype, copy=False), yb, i))
+            if not all(math.isfinite(v) for v in loss.values()):
                 raise TrainingDiverged(
-                    f"{cfg.method}: loss became {record.losses} at epoch {epoch + 1}, step {runner.t}; "
-                    f"training stopped. Lower 'lr' (now {cfg.lr}) or check the data. "
+                    f"{cfg.method}: loss became {loss} at epoch {epoch + 1}, batch {i + 1}; training "
+                    f"stopped. Lower 'lr' (now {cfg.lr}) or check the data. "
                     + (f"The last good checkpoint ({ckpt}) is intact." if ckpt else "No checkpoint was written."))
-            losses.append(loss)
-        acc = evaluate(problem, runner, x_test, ds.y_test)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "test_acc": acc})
+            losses.append(loss[max(loss)])
+            if on_steps:
+                on_steps(1)
+        train_seconds = time.perf_counter() - t0
+        acc = evaluate(runner, x_test, ds.y_test)
+        progress["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "test_acc": acc,
+                                    "seconds": train_seconds})
+        progress.update(epoch=epoch + 1, batch=0, epoch_losses=[],
+                        seconds=progress["seconds"] + time.perf_counter() - t0)
         if ckpt:
-            save_atomic(ckpt, _checkpoint(runner, epoch + 1, history))
-    result = {"config": dataclasses.asdict(cfg), "K": problem.partition.K if cfg.method != "bp" else 1,
+            save_checkpoint(ckpt, runner.state_dict(),
+                            {**progress, "config": dataclasses.asdict(cfg), "backend": backend.name})
+    history = progress["history"]
+    result = {"config": dataclasses.asdict(cfg), "backend": backend.name, "backend_version": backend.version,
+              "K": problem.partition.K if cfg.method != "bp" else 1,
               "cuts": list(problem.partition.cuts), "history": history,
               "test_acc": history[-1]["test_acc"] if history else None,
-              "peak_activation_bytes": peak, "seconds": time.perf_counter() - t0}
+              "peak_activation_bytes": activation_bytes(problem.graph, problem.partition, problem.method,
+                                                        cfg.batch, cfg.dtype).peak,
+              "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])) if history else None,
+              "seconds": progress["seconds"]}
     if out:
-        (out / "result.json").write_text(json.dumps(result, indent=2))
+        (out / RESULT).write_text(json.dumps(result, indent=2))
     return result
 
 
 def compare(cfg: RunConfig, methods=("bp", "greedy", "backlink"), plot: str | None = None) -> list[dict]:
     """Train each method on the same data, seed and partition; returns their results."""
     ds = datasets.load(cfg.dataset, root=cfg.data_root, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
+    backend = make_backend(cfg.backend, cfg.device)
     results = []
     for m in methods:
         run = dataclasses.replace(cfg, method=m, out=str(Path(cfg.out) / m) if cfg.out else None)
-        results.append(train(run, ds))
+        results.append(train(run, ds, backend))
     if plot:
         from .plots import plot_curves
 

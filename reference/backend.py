@@ -6,13 +6,13 @@ from typing import Mapping
 import numpy as np
 
 from backlink.spec import (Batch, Capabilities, Problem, SpecError, StepRecord, UpdateEvent,
-                           module_bounds, reach_sets)
+                           module_bounds, reach_sets, state_key)
 
 from . import optim
-from .backlink import gradients
+from .backlink import gradients, predict
 from .xp import to_host
 
-__all__ = ["ReferenceBackend", "ReferenceRunner", "module_params", "synchronous_events"]
+__all__ = ["ReferenceBackend", "ReferenceRunner", "module_params", "synchronous_events", "state_entry"]
 
 
 def module_params(problem: Problem) -> list[tuple[str, ...]]:
@@ -53,16 +53,64 @@ class ReferenceRunner:
         self.t = 0
 
     def step(self, batch: Batch) -> StepRecord:
+        t = self.t
+        grads, losses = self._update(batch)
+        events = synchronous_events(self.problem, t, batch.id)
+        host = lambda d: {k: to_host(v) for k, v in d.items()}  # noqa: E731
+        return StepRecord(host(grads), losses, events, host(self.params), host(self.buffers))
+
+    def _update(self, batch: Batch) -> tuple[dict, dict[int, float]]:
         p = self.problem
         x = self.xp.asarray(batch.x, dtype=np.dtype(p.dtype))
         y = self.xp.asarray(batch.y)
         grads, losses = gradients(p.graph, p.partition, p.method, self.params, self.buffers, x, y,
                                   validated=True)
         self.params, self.state = optim.step(self.params, grads, self.state, p.optimizer, self.t, self.decay)
-        events = synchronous_events(p, self.t, batch.id)
         self.t += 1
-        host = lambda d: {k: to_host(v) for k, v in d.items()}  # noqa: E731
-        return StepRecord(host(grads), losses, events, host(self.params), host(self.buffers))
+        return grads, losses
+
+    # ------------------------------------------------ BL-6.5 lean path: nothing copied to the host
+
+    def train_step(self, batch: Batch) -> dict[int, float]:
+        """The update of :meth:`step`, returning only the losses."""
+        return self._update(batch)[1]
+
+    def predict(self, x) -> np.ndarray:
+        logits = predict(self.problem.graph, self.params, self.buffers,
+                         self.xp.asarray(x, dtype=np.dtype(self.problem.dtype)))
+        return to_host(logits)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = {state_key("step"): np.asarray(self.t, dtype=np.int64)}
+        for kind, d in (("param", self.params), ("buffer", self.buffers)):
+            out.update({state_key(kind, k): to_host(v) for k, v in d.items()})
+        for (kind, k), v in optim.state_arrays(self.state, self.problem.optimizer).items():
+            out[state_key(kind, k)] = np.asarray(v, dtype=np.int64) if kind == "adam_n" else to_host(v)
+        return out
+
+    def load_state_dict(self, state) -> None:
+        dtype = np.dtype(self.problem.dtype)
+        for kind, d in (("param", self.params), ("buffer", self.buffers)):
+            for k in d:
+                d[k] = self.xp.asarray(state_entry(state, kind, k, d[k].shape), dtype=dtype)
+
+        def entry(kind, k, shape):
+            a = state_entry(state, kind, k, shape)
+            return a if kind == "adam_n" else self.xp.asarray(a, dtype=dtype)
+        self.state = optim.load_state(entry, self.params, self.problem.optimizer)
+        self.t = int(state_entry(state, "step", "", ()))
+
+
+def state_entry(state, kind: str, id: str, shape) -> np.ndarray:
+    """One entry of a BL-6.5 state dict, checked against the runner's own shape."""
+    key = state_key(kind, id)
+    if key not in state:
+        raise SpecError(f"field 'state[{key!r}]' is missing; a state dict holds every parameter, "
+                        f"buffer and momentum buffer and 'step' (BL-6.5.2)")
+    a = np.asarray(state[key]) if not hasattr(state[key], "shape") else state[key]
+    if tuple(a.shape) != tuple(shape):
+        raise SpecError(f"field 'state[{key!r}]' has shape {tuple(a.shape)}; the runner's is {tuple(shape)}")
+    return a
 
 
 class ReferenceBackend:

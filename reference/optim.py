@@ -6,7 +6,7 @@ from typing import Mapping
 
 from backlink.spec import OPTIMIZER_KINDS, LRSchedule, Optimizer, SpecError
 
-__all__ = ["lr_at", "sgd", "adamw", "step", "init_state", "check_optimizer"]
+__all__ = ["lr_at", "sgd", "adamw", "step", "init_state", "check_optimizer", "state_arrays", "load_state"]
 
 SCHEDULE_KINDS = ("constant", "step", "cosine")
 
@@ -112,3 +112,22 @@ def sgd(params: Mapping, grads: Mapping, state: Mapping, opt: Optimizer, t: int,
             d = d + opt.momentum * state[k] if opt.nesterov else state[k]
         params[k] = params[k] - lr * d
     return params, state
+
+
+def state_arrays(state: Mapping, opt: Optimizer) -> dict:
+    """BL-6.5.2 entries of the optimizer state: {(kind, id): array}. SGD: 'momentum';
+    AdamW: 'momentum' (m), 'adam_v' (v) and 'adam_n' (the update count, 0-d int64)."""
+    if opt.kind != "adamw":
+        return {("momentum", k): v for k, v in state.items()}
+    out = {}
+    for k, (m, v, n) in state.items():
+        out.update({("momentum", k): m, ("adam_v", k): v, ("adam_n", k): n})
+    return out
+
+
+def load_state(entry, params: Mapping, opt: Optimizer) -> dict:
+    """The inverse of :func:`state_arrays`: ``entry(kind, id, shape)`` reads one array."""
+    if opt.kind != "adamw":
+        return {k: entry("momentum", k, p.shape) for k, p in params.items()}
+    return {k: (entry("momentum", k, p.shape), entry("adam_v", k, p.shape), int(entry("adam_n", k, ())))
+            for k, p in params.items()}

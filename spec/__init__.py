@@ -6,7 +6,8 @@ from .config import DTYPES, OPTIMIZER_KINDS, SCHEDULES, LRSchedule, Optimizer, P
 from .graph import INPUT, PRIMITIVES, ArraySpec, Graph, Op, SpecError, Unit
 from .partition import (METHODS, Method, Partition, Reach, module_bounds, reach_sets,
                         tail_bounds, validate)
-from .protocol import Backend, Batch, Capabilities, Runner, StepRecord
+from .protocol import (LEAN_METHODS, Backend, Batch, Capabilities, LeanRunner, Runner, StepRecord,
+                       lean_missing, state_key)
 from .tolerances import TOLERANCES, tolerance
 
 SPEC_VERSION = "0.2"
@@ -14,5 +15,6 @@ SPEC_VERSION = "0.2"
 __all__ = ["SPEC_VERSION", "DTYPES", "OPTIMIZER_KINDS", "SCHEDULES", "LRSchedule", "Optimizer", "Problem",
            "UpdateEvent", "INPUT", "PRIMITIVES", "ArraySpec", "Graph", "Op", "SpecError", "Unit",
            "METHODS", "Method", "Partition", "Reach", "module_bounds", "reach_sets", "tail_bounds",
-           "validate", "Backend", "Batch", "Capabilities", "Runner", "StepRecord", "TOLERANCES",
+           "validate", "Backend", "Batch", "Capabilities", "Runner", "StepRecord", "LeanRunner",
+           "LEAN_METHODS", "lean_missing", "state_key", "TOLERANCES",
            "tolerance"]

@@ -13,7 +13,8 @@ import numpy as np
 
 from .config import Problem, UpdateEvent
 
-__all__ = ["Capabilities", "Batch", "StepRecord", "Runner", "Backend"]
+__all__ = ["Capabilities", "Batch", "StepRecord", "Runner", "Backend", "LeanRunner", "LEAN_METHODS",
+           "lean_missing", "state_key"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,57 @@ class Runner(Protocol):
         ``None`` feeds nothing, and is how the suite drains the pipeline:
         ``spec.pipeline.drain_ticks(problem)`` calls of ``step(None)`` after the last batch.
         """
+
+
+#: BL-6.5: the optional lean path for training, by member name.
+LEAN_METHODS = ("train_step", "state_dict", "load_state_dict", "predict")
+
+
+def state_key(kind: str, id: str = "") -> str:
+    """BL-6.5.2: the key of one entry of ``Runner.state_dict()``.
+
+    ``kind`` is 'param', 'buffer' or 'momentum' (then ``id`` is a spec id: 'param/u1.conv.w'),
+    or 'step' (the number of completed steps, a 0-d int64 array; no id). With AdamW
+    (BL-4.7) 'momentum' holds the first moment m, 'adam_v' the second moment v and
+    'adam_n' the parameter's update count n (a 0-d int64 array).
+    """
+    if kind == "step":
+        return "step"
+    if kind not in STATE_KINDS:
+        raise ValueError(f"state kind {kind!r}; allowed: {', '.join(STATE_KINDS)}, step")
+    return f"{kind}/{id}"
+
+
+STATE_KINDS = ("param", "buffer", "momentum", "adam_v", "adam_n")
+
+
+@runtime_checkable
+class LeanRunner(Protocol):
+    """BL-6.5: a runner with the lean path (optional): training without a StepRecord.
+
+    Every member computes where the runner keeps its state (its device); only the
+    losses, the state dict and the logits cross to the host.
+    """
+
+    def train_step(self, batch: Batch) -> dict[int, float]:
+        """The same update as ``step(batch)`` (BL-6.5.1); returns only loss id -> value."""
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Host copies of every parameter, buffer, momentum buffer and the step counter
+        (keys: :func:`state_key`)."""
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Replace the runner's state by ``state`` (as ``state_dict()`` returns it): after it,
+        the runner continues exactly as the runner that produced ``state`` would."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Eval-mode logits of the network's last unit on inputs ``x`` (BL-2.5: batch-norm
+        uses and does not change its running statistics); a host (N, classes) array."""
+
+
+def lean_missing(runner: object) -> list[str]:
+    """The lean-path members (BL-6.5) that ``runner`` lacks; empty when it has them all."""
+    return [m for m in LEAN_METHODS if not callable(getattr(runner, m, None))]
 
 
 @runtime_checkable

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backlink.reference.backend import synchronous_events
-from backlink.reference.optim import check_optimizer
+from backlink.reference.backend import state_entry, synchronous_events
+from backlink.reference.optim import check_optimizer, load_state, state_arrays
 from backlink.spec import (INPUT, Batch, Problem, SpecError, StepRecord, module_bounds,
-                           tail_bounds, validate)
+                           state_key, tail_bounds, validate)
 
-from .ops import apply_op, to_internal
+from .ops import apply_op, to_internal, to_spec
 from .optim import step_
 from .segments import SegmentRecord, backprop_loss, make_plan
 
@@ -173,3 +173,48 @@ class TorchRunner:
         needed = self.crossing[k]
         for v in [v for v in orig if v not in needed and producer[v] not in records]:
             del orig[v]
+
+    # ------------------------------------------- BL-6.5 lean path: only losses leave the device
+
+    def train_step(self, batch: Batch) -> dict[int, float]:
+        """The update of :meth:`step`, returning only the losses (no host copies)."""
+        x, y = self._batch(batch)
+        with self._exact_math():
+            grads, losses = self.gradients(x, y)
+            step_(self.params, grads, self.state, self.problem.optimizer, self.t, self.decay)
+        self.t += 1
+        return losses
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Eval-mode logits: batch norm reads its running statistics and leaves them."""
+        xt = to_internal(torch.as_tensor(np.asarray(x), dtype=self.dtype, device=self.device)).contiguous()
+        vals = {INPUT: xt}
+        with self._exact_math():
+            for unit in self.problem.graph.units:
+                for op in unit.ops:
+                    apply_op(op, vals, self.params, self.buffers, training=False)
+        return host(to_spec(vals[self.problem.graph.units[-1].output]))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = {state_key("step"): np.asarray(self.t, dtype=np.int64)}
+        out.update({state_key("param", k): host(v) for k, v in self.params.items()})
+        out.update({state_key("buffer", k): host(v) for k, v in self.buffers.items()})
+        zeros = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        adamw = self.problem.optimizer.kind == "adamw"  # state 0 until the first update (the reference's zeros)
+        state = {k: self.state.get(k, (z, z, 0) if adamw else z) for k, z in zeros.items()}
+        for (kind, k), v in state_arrays(state, self.problem.optimizer).items():
+            out[state_key(kind, k)] = np.asarray(v, dtype=np.int64) if kind == "adam_n" else host(v)
+        return out
+
+    @torch.no_grad()
+    def load_state_dict(self, state) -> None:
+        for kind, d in (("param", self.params), ("buffer", self.buffers)):
+            for k, v in d.items():
+                v.copy_(torch.as_tensor(state_entry(state, kind, k, tuple(v.shape)), dtype=self.dtype))
+        def entry(kind, k, shape):
+            a = state_entry(state, kind, k, tuple(shape))
+            return a if kind == "adam_n" else torch.as_tensor(a, dtype=self.dtype, device=self.device).clone()
+        self.state.clear()
+        self.state.update(load_state(entry, self.params, self.problem.optimizer))
+        self.t = int(state_entry(state, "step", "", ()))
