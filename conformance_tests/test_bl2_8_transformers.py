@@ -6,14 +6,16 @@ P, beta), plus AdamW (BL-4.7): its update rule replayed on the backend's own gra
 and parameters after several steps against the reference. Sweeps run a quarter of
 ``--conformance-examples`` (at least 2), so the default run stays quick.
 """
+import copy
 import dataclasses
 
+import numpy as np
 import pytest
 
 from backlink.reference import optim
-from backlink.spec import DTYPES
+from backlink.spec import DTYPES, state_key
 
-from backlink_conformance.compare import assert_close
+from backlink_conformance.compare import assert_close, assert_equal
 from backlink_conformance.oracle import run_backend, run_reference
 from backlink_conformance.strategies import (SMOKE_ADAMW, TRANSFORMER_KINDS, adamw_optimizers, cases, optimizers,
                                              sweep, transformer_examples, transformer_smoke_case)
@@ -22,6 +24,7 @@ from backlink_conformance.test_bl3_reach import check_reach_exact
 from backlink_conformance.test_bl4_2_pipeline import check_ticks, drained_feed, run_feed
 from backlink_conformance.test_bl4_optimizer import decay_ids, f64
 from backlink_conformance.test_bl4_schedule import check_several_steps
+from backlink_conformance.test_bl6_lean import _check_train_step, _lean_runner, _prepare
 
 METHODS = ["bp", "greedy", "backlink"]
 
@@ -64,6 +67,32 @@ def test_bl4_7_adamw_update_rule_smoke(backend, dtype):
 @pytest.mark.parametrize("method", METHODS)
 def test_bl4_7_adamw_several_steps_smoke(backend, method):
     check_several_steps(backend, transformer_smoke_case(method, steps=4, optimizer=SMOKE_ADAMW), clause="BL-4.7")
+
+
+@pytest.mark.conformance_smoke
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bl4_7_adamw_lean_path_and_state_dict(backend, dtype):
+    """BL-6.5 with AdamW: train_step == step, and the state dict (m as 'momentum', v as
+    'adam_v', the update count as 'adam_n') restores a runner that continues identically."""
+    case = transformer_smoke_case("backlink", dtype, steps=3, optimizer=SMOKE_ADAMW)
+    _check_train_step(backend, case)
+    first = _lean_runner(backend, case)
+    for b in case.batches[:2]:
+        first.train_step(copy.deepcopy(b))
+    state = first.state_dict()
+    for k in (p.id for u in case.problem.graph.units + case.problem.partition.heads for p in u.params):
+        for kind in ("momentum", "adam_v", "adam_n"):
+            if state_key(kind, k) not in state:
+                pytest.fail(f"BL-4.7: state_dict() lacks {state_key(kind, k)!r} (AdamW's m, v and update count)")
+        assert_equal(int(np.asarray(state[state_key("adam_n", k)])), 2, clause="BL-4.7",
+                     name=f"state_dict()[{state_key('adam_n', k)!r}] after 2 steps", case=case)
+    second = _prepare(backend, case)
+    second.load_state_dict(copy.deepcopy(state))
+    a, b = first.train_step(copy.deepcopy(case.batches[2])), second.train_step(copy.deepcopy(case.batches[2]))
+    sa, sb = first.state_dict(), second.state_dict()
+    for key in sa:
+        assert_close(sb[key], sa[key], clause="BL-4.7", name=f"{key} one step after load_state_dict",
+                     dtype=dtype, what="params", case=case)
 
 
 # ---------------------------------------------------------------- sweeps
