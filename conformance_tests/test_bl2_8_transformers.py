@@ -33,12 +33,12 @@ def vit_cases(method, dtype, **kw):
     return cases(method, dtype, kinds=TRANSFORMER_KINDS, **kw)
 
 
-def check_adamw_rule(backend, case, clause="BL-4.7"):
+def check_adamw_rule(conformance_backend, case, clause="BL-4.7"):
     """Replay AdamW on the backend's own grads, step by step from its own parameters."""
     problem, opt = case.problem, case.problem.optimizer
     decay = decay_ids(problem)
     before, state = f64(case.params), optim.init_state(f64(case.params), opt)
-    for t, rec in enumerate(run_backend(backend, case)):
+    for t, rec in enumerate(run_backend(conformance_backend, case)):
         want, state = optim.adamw(before, f64(rec.grads), state, opt, t, decay)
         for k in want:
             assert_close(rec.params[k], want[k], clause=clause, dtype=problem.dtype, what="params", case=case,
@@ -53,30 +53,30 @@ def check_adamw_rule(backend, case, clause="BL-4.7"):
 
 @pytest.mark.conformance_smoke
 @pytest.mark.parametrize("method", METHODS)
-def test_bl2_8_transformer_gradients_smoke(backend, method):
-    check_gradients(backend, transformer_smoke_case(method))
+def test_bl2_8_transformer_gradients_smoke(conformance_backend, method):
+    check_gradients(conformance_backend, transformer_smoke_case(method))
 
 
 @pytest.mark.conformance_smoke
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bl4_7_adamw_update_rule_smoke(backend, dtype):
-    check_adamw_rule(backend, transformer_smoke_case("backlink", dtype, steps=6, optimizer=SMOKE_ADAMW))
+def test_bl4_7_adamw_update_rule_smoke(conformance_backend, dtype):
+    check_adamw_rule(conformance_backend, transformer_smoke_case("backlink", dtype, steps=6, optimizer=SMOKE_ADAMW))
 
 
 @pytest.mark.conformance_smoke
 @pytest.mark.parametrize("method", METHODS)
-def test_bl4_7_adamw_several_steps_smoke(backend, method):
-    check_several_steps(backend, transformer_smoke_case(method, steps=4, optimizer=SMOKE_ADAMW), clause="BL-4.7")
+def test_bl4_7_adamw_several_steps_smoke(conformance_backend, method):
+    check_several_steps(conformance_backend, transformer_smoke_case(method, steps=4, optimizer=SMOKE_ADAMW), clause="BL-4.7")
 
 
 @pytest.mark.conformance_smoke
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bl4_7_adamw_lean_path_and_state_dict(backend, dtype):
+def test_bl4_7_adamw_lean_path_and_state_dict(conformance_backend, dtype):
     """BL-6.5 with AdamW: train_step == step, and the state dict (m as 'momentum', v as
     'adam_v', the update count as 'adam_n') restores a runner that continues identically."""
     case = transformer_smoke_case("backlink", dtype, steps=3, optimizer=SMOKE_ADAMW)
-    _check_train_step(backend, case)
-    first = _lean_runner(backend, case)
+    _check_train_step(conformance_backend, case)
+    first = _lean_runner(conformance_backend, case)
     for b in case.batches[:2]:
         first.train_step(copy.deepcopy(b))
     state = first.state_dict()
@@ -86,7 +86,7 @@ def test_bl4_7_adamw_lean_path_and_state_dict(backend, dtype):
                 pytest.fail(f"BL-4.7: state_dict() lacks {state_key(kind, k)!r} (AdamW's m, v and update count)")
         assert_equal(int(np.asarray(state[state_key("adam_n", k)])), 2, clause="BL-4.7",
                      name=f"state_dict()[{state_key('adam_n', k)!r}] after 2 steps", case=case)
-    second = _prepare(backend, case)
+    second = _prepare(conformance_backend, case)
     second.load_state_dict(copy.deepcopy(state))
     a, b = first.train_step(copy.deepcopy(case.batches[2])), second.train_step(copy.deepcopy(case.batches[2]))
     sa, sb = first.state_dict(), second.state_dict()
@@ -99,30 +99,30 @@ def test_bl4_7_adamw_lean_path_and_state_dict(backend, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", METHODS)
-def test_bl2_8_transformer_gradients(backend, method, dtype):
+def test_bl2_8_transformer_gradients(conformance_backend, method, dtype):
     @sweep(transformer_examples, case=vit_cases(method, dtype))
     def check(case):
-        check_gradients(backend, case)
+        check_gradients(conformance_backend, case)
     check()
 
 
 @pytest.mark.parametrize("method", ["greedy", "backlink"])
-def test_bl2_8_transformer_reach_sets_exact(backend, method):
+def test_bl2_8_transformer_reach_sets_exact(conformance_backend, method):
     @sweep(transformer_examples, case=vit_cases(method, "float64"))
     def check(case):
-        check_reach_exact(backend, case)
+        check_reach_exact(conformance_backend, case)
     check()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", METHODS)
-def test_bl2_8_transformer_several_steps(backend, method, dtype):
+def test_bl2_8_transformer_several_steps(conformance_backend, method, dtype):
     """Schedule BL-4.1 with SGD or AdamW (BL-4.7): events exact, parameters after 3 steps.
 
     AdamW trajectories are compared in float64 only: AdamW divides each gradient by its
     running RMS, so float32 rounding of a small gradient becomes an O(lr) change of the
     parameter, and the float32 and float64 trajectories part after a step or two. Float32
-    AdamW is checked step by step on the backend's own gradients (the update rule test).
+    AdamW is checked step by step on the conformance_backend's own gradients (the update rule test).
     Float32 SGD runs 2 steps at a tenth of the drawn rate (a transformer's usual scale):
     at SGD's CNN rates a tiny ViT's float32 gradients part from float64 within 3 steps by
     more than the ``steps`` tolerance in about one example in twenty, in the reference too.
@@ -134,26 +134,26 @@ def test_bl2_8_transformer_several_steps(backend, method, dtype):
 
     @sweep(transformer_examples, case=vit_cases(method, dtype, steps=steps, optimizer=opt))
     def check(case):
-        check_several_steps(backend, case)
+        check_several_steps(conformance_backend, case)
     check()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bl4_7_adamw_update_rule(backend, dtype):
+def test_bl4_7_adamw_update_rule(conformance_backend, dtype):
     eps = (1e-6, 1e-3) if dtype == "float64" else (1e-3,)
 
     @sweep(transformer_examples, case=vit_cases("backlink", dtype, steps=4, optimizer=adamw_optimizers(eps)))
     def check(case):
-        check_adamw_rule(backend, case)
+        check_adamw_rule(conformance_backend, case)
     check()
 
 
 @pytest.mark.parametrize("schedule", ["pipelined"])
 @pytest.mark.parametrize("method", ["greedy", "backlink"])
-def test_bl2_8_transformer_pipelined(backend, method, schedule):
+def test_bl2_8_transformer_pipelined(conformance_backend, method, schedule):
     @sweep(transformer_examples, case=vit_cases(method, "float64", steps=3, schedule=schedule,
                                                 optimizer=adamw_optimizers()))
     def check(case):
         feed = drained_feed(case)
-        check_ticks(run_feed(backend, case, feed), run_reference(case), case, feed)
+        check_ticks(run_feed(conformance_backend, case, feed), run_reference(case), case, feed)
     check()

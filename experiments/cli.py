@@ -37,6 +37,9 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool, grid: bool = False)
     g.add_argument("--K", type=int, default=listed(d.K), help="number of modules (default %(default)s)", **many)
     if not grid:
         g.add_argument("--cuts", type=_cuts, default=None, help="explicit cut points, overrides --K")
+    g.add_argument("--split", default=d.split, choices=["even", "infopro"],
+                   help="where K modules are cut: even (balanced unit counts, default) or infopro "
+                        "(InfoPro's split tables: resnet32 K=8/16, resnet110 K=16)")
     g.add_argument("--P", "--link-length", dest="link_length", type=int, default=listed(d.link_length),
                    help="BackLink link length in units (default %(default)s)", **many)
     g.add_argument("--beta", type=float, default=listed(d.beta), **many)
@@ -112,7 +115,7 @@ def cmd_compare(args) -> int:
 def cmd_sweep(args) -> int:
     from backlink.experiments.aggregate import format_summary, summarize, write_summary
     from backlink.experiments.plots import plot_sweep
-    from backlink.experiments.sweep import Grid, run_sweep
+    from backlink.experiments.sweep import Grid, run_sweep, wall_seconds
     from backlink.experiments.train import RunConfig
 
     names = {f.name for f in dataclasses.fields(RunConfig)} - {"K", "link_length", "beta", "head", "seed"}
@@ -122,7 +125,8 @@ def cmd_sweep(args) -> int:
     results = run_sweep(base, grid, args.out, jobs=args.jobs, progress=args.progress)
     rows = summarize(results)
     write_summary(rows, args.out, meta={"command": "backlink " + shlex.join(args.argv), "grid": dataclasses.asdict(grid),
-                                        "base": dataclasses.asdict(base)})
+                                        "base": dataclasses.asdict(base), "jobs": args.jobs,
+                                        "wall_seconds": wall_seconds(args.out)})
     print(f"\n{base.model} on {base.dataset}, {base.epochs} epochs, batch {base.batch}, backend {base.backend}, "
           f"seeds {list(grid.seeds)} (mean ± std over seeds)")
     print(format_summary(rows))

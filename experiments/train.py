@@ -20,8 +20,9 @@ from typing import Callable
 import numpy as np
 
 from backlink.reference.memory import activation_bytes
-from backlink.reference.models import build_model, even_cuts, init_params, make_partition
-from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem
+from backlink.reference.models import (INFOPRO_TABLES, build_model, cuts_from_table, even_cuts,
+                                       init_params, make_partition)
+from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem, SpecError
 
 from . import data as datasets
 from .backends import check_backend, check_runner, make_backend
@@ -50,6 +51,7 @@ class RunConfig:
     method: str = "backlink"
     K: int = 4
     cuts: tuple[int, ...] | None = None
+    split: str = "even"  # even: balanced unit counts; infopro: InfoPro's split tables (ResNets)
     link_length: int = 1
     beta: float = 1.0
     head: str = "linear"
@@ -81,7 +83,7 @@ def build_problem(cfg: RunConfig, ds) -> Problem:
     if cfg.model.startswith("resnet") or cfg.model == "vit":
         kw["granularity"] = cfg.granularity
     graph = build_model(cfg.model, **kw)
-    cuts = tuple(cfg.cuts) if cfg.cuts else (even_cuts(graph, cfg.K) if cfg.method != "bp" else ())
+    cuts = tuple(cfg.cuts) if cfg.cuts else (_split(cfg, graph) if cfg.method != "bp" else ())
     partition = make_partition(graph, cuts, head=cfg.head)
     method = Method(cfg.method, link_length=cfg.link_length if cfg.method == "backlink" else 0,
                     beta=cfg.beta)
@@ -97,6 +99,22 @@ def build_problem(cfg: RunConfig, ds) -> Problem:
     return Problem(graph, partition, method, opt, dtype=cfg.dtype)
 
 
+SPLITS = ("even", "infopro")
+
+
+def _split(cfg: RunConfig, graph) -> tuple[int, ...]:
+    if cfg.split == "even":
+        return even_cuts(graph, cfg.K)
+    if cfg.split != "infopro":
+        raise SpecError(f"field 'split' is {cfg.split!r}; allowed: {', '.join(SPLITS)}")
+    depth = int(cfg.model[len("resnet"):]) if cfg.model.startswith("resnet") else None
+    if (depth, cfg.K) not in INFOPRO_TABLES:
+        have = ", ".join(f"resnet{d} K={k}" for d, k in INFOPRO_TABLES)
+        raise SpecError(f"fields 'model', 'K' = ({cfg.model!r}, {cfg.K}): no InfoPro split table "
+                        f"(available: {have}); use --split even")
+    return cuts_from_table(graph, INFOPRO_TABLES[depth, cfg.K])
+
+
 def evaluate(runner, x, y, batch: int = 500) -> float:
     """Test accuracy from the runner's eval-mode logits (BL-6.5 ``predict``)."""
     correct = 0
@@ -110,11 +128,11 @@ def _step_fn(runner, lean: bool) -> Callable[[Batch], dict]:
     return runner.train_step if lean else (lambda b: runner.step(b).losses)
 
 
-def train(cfg: RunConfig, ds=None, backend=None, on_steps: Callable[[int], None] | None = None) -> dict:
+def train(cfg: RunConfig, ds=None, backend=None, on_step: Callable[[dict], None] | None = None) -> dict:
     """Train one method; returns the result dict (also written to ``out/result.json``).
 
     ``backend``: a backend object (default: ``make_backend(cfg.backend, cfg.device)``).
-    ``on_steps(n)``: called with the number of steps done since its last call (progress).
+    ``on_step(losses)``: called after every step with its losses (loss id -> value).
     """
     ds = ds or datasets.load(cfg.dataset, root=cfg.data_root, n_train=cfg.n_train, n_test=cfg.n_test,
                              seed=cfg.seed)
@@ -156,8 +174,8 @@ def train(cfg: RunConfig, ds=None, backend=None, on_steps: Callable[[int], None]
                     f"stopped. Lower 'lr' (now {cfg.lr}) or check the data. "
                     + (f"The last good checkpoint ({ckpt}) is intact." if ckpt else "No checkpoint was written."))
             losses.append(loss[max(loss)])
-            if on_steps:
-                on_steps(1)
+            if on_step:
+                on_step(loss)
         train_seconds = time.perf_counter() - t0
         acc = evaluate(runner, x_test, ds.y_test)
         progress["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "test_acc": acc,

@@ -8,7 +8,7 @@ import numpy as np
 from backlink.spec import (Batch, Capabilities, Problem, SpecError, StepRecord, UpdateEvent,
                            module_bounds, reach_sets, state_key)
 
-from . import optim
+from . import optim, parallel
 from .backlink import gradients, predict
 from .xp import to_host
 
@@ -38,9 +38,13 @@ def synchronous_events(problem: Problem, step: int, batch_id: int) -> list[Updat
 
 
 class ReferenceRunner:
-    def __init__(self, problem: Problem, params: Mapping, buffers: Mapping, xp=np):
+    """One synchronous step per call; ``threads`` > 1 runs convolutions on that many
+    threads with single-threaded BLAS (:mod:`.parallel`), the same numbers as 1."""
+
+    def __init__(self, problem: Problem, params: Mapping, buffers: Mapping, xp=np, threads: int = 1):
         optim.check_optimizer(problem.optimizer)
-        self.problem, self.xp = problem, xp
+        parallel.check_threads(threads)
+        self.problem, self.xp, self.threads = problem, xp, threads
         dtype = np.dtype(problem.dtype)
         self.params = {k: xp.asarray(v, dtype=dtype) for k, v in params.items()}
         self.buffers = {k: xp.asarray(v, dtype=dtype) for k, v in buffers.items()}
@@ -63,8 +67,9 @@ class ReferenceRunner:
         p = self.problem
         x = self.xp.asarray(batch.x, dtype=np.dtype(p.dtype))
         y = self.xp.asarray(batch.y)
-        grads, losses = gradients(p.graph, p.partition, p.method, self.params, self.buffers, x, y,
-                                  validated=True)
+        with parallel.threads(self.threads):
+            grads, losses = gradients(p.graph, p.partition, p.method, self.params, self.buffers, x, y,
+                                      validated=True)
         self.params, self.state = optim.step(self.params, grads, self.state, p.optimizer, self.t, self.decay)
         self.t += 1
         return grads, losses
@@ -114,12 +119,17 @@ def state_entry(state, kind: str, id: str, shape) -> np.ndarray:
 
 
 class ReferenceBackend:
-    """The reference implementation run as a backend, on NumPy (``device='cpu'``)."""
+    """The reference implementation run as a backend, on NumPy (``device='cpu'``);
+    ``threads``: see :class:`ReferenceRunner` (synchronous schedule)."""
 
     name = "reference"
     version = "0.1.0"
     capabilities = Capabilities(primitives=True, schedules=("synchronous", "pipelined"))
     xp = np
+    threads = 1  # subclasses that skip __init__ keep one thread
+
+    def __init__(self, threads: int = 1):
+        self.threads = threads
 
     def prepare(self, problem: Problem, params: Mapping, buffers: Mapping) -> ReferenceRunner:
         problem.validate()
@@ -127,7 +137,7 @@ class ReferenceBackend:
             from .pipeline import PipelinedRunner  # BL-4.2, issue: pipelined schedule
 
             return PipelinedRunner(problem, params, buffers, xp=self.xp)
-        return ReferenceRunner(problem, params, buffers, xp=self.xp)
+        return ReferenceRunner(problem, params, buffers, xp=self.xp, threads=self.threads)
 
     def primitive(self, name: str, args, attrs, cotangent):
         """BL-2.2 check hook: (output, cotangents of args) for one primitive."""

@@ -5,17 +5,19 @@ keeps each op's VJP residuals, and backward is the same loop reversed: it pops t
 cotangent of each op's output, applies the op's VJP and accumulates into the
 cotangents of its inputs and the gradients of its parameters. Running backward over a
 *subset* of ops is how a loss's backward pass is cut (BL-3.7): values read by those ops
-but produced outside them are constants.
+but produced outside them are constants. The caller says which cotangents it will
+discard (``stop``) and which weight VJPs to postpone (``defer``/``pending``), so that no
+VJP is computed for nothing and a tail's weight VJP is taken once (BL-7.2).
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, MutableMapping, Sequence
+from typing import Container, Iterable, Mapping, MutableMapping, Sequence
 
 from backlink.spec import PRIMITIVES, Op
 
 from .primitives import PRIMS
 
-__all__ = ["forward", "backward", "live_bytes"]
+__all__ = ["forward", "backward", "flush", "live_bytes"]
 
 
 def forward(ops: Sequence[Op], values: MutableMapping, params: Mapping, buffers: MutableMapping,
@@ -47,24 +49,64 @@ def _accumulate(store: MutableMapping, key: str, d) -> None:
     store[key] = d if key not in store else store[key] + d
 
 
-def backward(ops: Sequence[Op], saved: Mapping, cot: MutableMapping, grads: MutableMapping) -> MutableMapping:
+def backward(ops: Sequence[Op], saved: Mapping, cot: MutableMapping, grads: MutableMapping, *,
+             stop: Container[str] = frozenset(), defer: MutableMapping | None = None,
+             pending: MutableMapping | None = None) -> MutableMapping:
     """Reverse-mode pass over ``ops`` (given in forward order).
 
     ``cot`` maps value names to cotangents (seeds in, results out); parameter
     gradients are accumulated into ``grads``. Returns ``cot``, which then holds the
-    cotangents of values read by ``ops`` but produced before them.
+    cotangents of values read by ``ops`` but produced before them, except those in ``stop``.
+
+    Work whose result nobody reads is skipped, which changes no gradient:
+
+    - ``stop``: values whose cotangent the caller discards (a module's or a tail's
+      input, BL-3.4; the input batch). No VJP is taken into them: an op none of whose
+      inputs needs a cotangent runs only its parameter half (``Primitive.vjp_params``).
+    - ``defer``: a dict; an op whose primitive splits its VJP computes only its input
+      cotangents here and keeps its output cotangent in ``defer[op.out]``;
+    - ``pending``: such a dict from an earlier pass over the same ops; an op found in it
+      takes one parameter VJP on the sum of the kept cotangent and this pass's (every
+      VJP is linear in the cotangent, so this equals the two VJPs added: BL-3.7).
     """
     for op in reversed(ops):
         g = cot.pop(op.out, None)
         if g is None:  # the output does not reach the loss being differentiated
             continue
-        n_in = PRIMITIVES[op.prim][0]
-        ds = PRIMS[op.prim].vjp(saved[op.out], g)
-        for v, d in zip(op.inputs, ds[:n_in]):
-            _accumulate(cot, v, d)
-        for p, d in zip(op.params, ds[n_in:]):
+        wanted = [v not in stop for v in op.inputs]
+        if not any(wanted) and not op.params:
+            continue
+        ds_in, ds_params = _vjp(op, saved[op.out], g, any(wanted), defer, pending)
+        for v, d, w in zip(op.inputs, ds_in, wanted):
+            if w:
+                _accumulate(cot, v, d)
+        for p, d in zip(op.params, ds_params):
             _accumulate(grads, p, d)
     return cot
+
+
+def _vjp(op: Op, res, g, inputs: bool, defer, pending) -> tuple[tuple, tuple]:
+    """(input cotangents, parameter cotangents) of one op, each half only where needed."""
+    prim = PRIMS[op.prim]
+    split = prim.vjp_inputs is not None and prim.vjp_params is not None
+    if split and op.params and defer is not None:
+        defer[op.out] = g  # the parameter half waits for the next pass (``pending``)
+        return (prim.vjp_inputs(res, g) if inputs else ()), ()
+    if split and pending is not None and op.out in pending:
+        return (prim.vjp_inputs(res, g) if inputs else ()), prim.vjp_params(res, g + pending.pop(op.out))
+    if not inputs and prim.vjp_params is not None:
+        return (), prim.vjp_params(res, g)
+    ds = prim.vjp(res, g)
+    n_in = PRIMITIVES[op.prim][0]
+    return ds[:n_in], ds[n_in:]
+
+
+def flush(ops: Sequence[Op], saved: Mapping, pending: MutableMapping, grads: MutableMapping) -> None:
+    """The parameter VJPs still ``pending`` among ``ops`` (kept cotangents no later pass reached)."""
+    for op in ops:
+        if op.out in pending:
+            for p, d in zip(op.params, PRIMS[op.prim].vjp_params(saved[op.out], pending.pop(op.out))):
+                _accumulate(grads, p, d)
 
 
 def _arrays(containers: Iterable):

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from backlink.spec import DTYPES, INPUT, Graph, Method, Partition, SpecError, module_bounds, tail_bounds, validate
 from backlink.spec.shapes import infer_shapes
 
+from .primitives import PRIMS
+
 __all__ = ["KINDS", "RESIDUALS", "ModuleMemory", "MemoryReport", "activation_bytes", "state_bytes",
            "measure", "measure_trace"]
 
@@ -115,18 +117,37 @@ class _Layout:
             return [_Cot(self.n * self.shapes[x][-1] * self.s, dense=False)]
         return [_Cot(self.nbytes(x))]
 
-    def backward(self, ops, cot: dict) -> None:
-        """The reverse walk of ``engine.backward``, on buffer tokens."""
+    def backward(self, ops, cot: dict, stop=(), defer: dict | None = None, pending: dict | None = None) -> None:
+        """The reverse walk of ``engine.backward``, on buffer tokens: no cotangent for a
+        ``stop`` value; a split op's output token moves to ``defer``, or leaves ``pending``."""
         for op in reversed(ops):
             g = cot.pop(op.out, None)
             if g is None:
                 continue
-            for v, d in zip(op.inputs, self.input_cotangents(op, g)):
-                cot[v] = _Cot(self.nbytes(v)) if v in cot else d  # a sum is a new buffer
+            wanted = [v not in stop for v in op.inputs]
+            if op.params and _splits(op.prim):
+                if defer is not None:
+                    defer[op.out] = g
+                elif pending is not None:
+                    pending.pop(op.out, None)
+            for v, d, want in zip(op.inputs, self.input_cotangents(op, g), wanted):
+                if want:
+                    cot[v] = _Cot(self.nbytes(v)) if v in cot else d  # a sum is a new buffer
+
+    def entering(self, graph: Graph, i: int) -> set:
+        """The values made before unit i and read from it on (the input batch at 0)."""
+        return graph.crossing(i) if i > 0 else {INPUT}
 
 
-def _cot_bytes(cot: dict) -> int:
-    return sum({id(t): t.nbytes for t in cot.values()}.values())
+def _splits(prim: str) -> bool:
+    """Whether the engine can take ``prim``'s input and parameter VJPs apart (and so keep
+    an output cotangent for a later parameter VJP)."""
+    p = PRIMS[prim]
+    return p.vjp_inputs is not None and p.vjp_params is not None
+
+
+def _cot_bytes(*tokens: dict) -> int:
+    return sum({id(t): t.nbytes for d in tokens for t in d.values()}.values())
 
 
 @dataclass(frozen=True)
@@ -215,24 +236,29 @@ def _stored(lay: _Layout, graph: Graph, partition: Partition, method: Method, bo
 
 
 def _module_trace(lay: _Layout, graph: Graph, partition: Partition, method: Method, bounds, k: int,
-                  stored: int) -> list[tuple[str, int, int]]:
-    """The meter points of module k in engine order (see ``backlink.gradients``)."""
+                  stored: int, kept: dict) -> list[tuple[str, int, int]]:
+    """The meter points of module k in engine order (see ``backlink.gradients``); ``kept``
+    holds the tokens of kept own-loss cotangents (BL-7.3), carried from module to module."""
     units, (a, b) = graph.units, bounds[k]
     head = partition.heads[k] if k < len(bounds) - 1 else None
-    trace = [("forward", k + 1, stored)]
     cot = {(head.output if head else units[b - 1].output): _Cot(lay.n * lay.classes * lay.s)}
+    trace = [("forward", k + 1, stored + _cot_bytes(kept))]
     if head:
         lay.backward(head.ops, cot)
-    trace.append(("head", k + 1, stored + _cot_bytes(cot)))
-    for i in reversed(range(a, b)):
-        lay.backward(units[i].ops, cot)
-        trace.append((f"unit:{i}", k + 1, stored + _cot_bytes(cot)))
+    trace.append(("head", k + 1, stored + _cot_bytes(cot, kept)))
     t0, t1 = tail_bounds(bounds, k, method)
+    n0, n1 = tail_bounds(bounds, k + 1, method) if k + 1 < len(bounds) else (0, 0)
+    stop = () if t1 > t0 else lay.entering(graph, a)
+    for i in reversed(range(a, b)):
+        lay.backward(units[i].ops, cot, stop, defer=kept if n0 <= i < n1 else None)
+        trace.append((f"unit:{i}", k + 1, stored + _cot_bytes(cot, kept)))
     if t1 > t0:
         cot = {v: _Cot(lay.nbytes(v)) for v in cot}  # beta * g: one new buffer per entry
         for i in reversed(range(t0, t1)):
-            lay.backward(units[i].ops, cot)
-            trace.append((f"link:{i}", k + 1, stored + _cot_bytes(cot)))
+            lay.backward(units[i].ops, cot, lay.entering(graph, t0), pending=kept)
+            for op in units[i].ops:  # engine.flush: what the link did not reach
+                kept.pop(op.out, None)
+            trace.append((f"link:{i}", k + 1, stored + _cot_bytes(cot, kept)))
     return trace
 
 
@@ -252,11 +278,11 @@ def activation_bytes(graph: Graph, partition: Partition, method: Method, batch: 
     s = _check(graph, partition, method, batch, dtype)
     lay = _Layout(graph, partition, batch, s)
     bounds = module_bounds(len(graph.units), partition, method)
-    modules, trace = [], []
+    modules, trace, kept = [], [], {}
     for k in range(len(bounds)):
         kinds = _stored(lay, graph, partition, method, bounds, k)
         stored = sum(kinds.values())
-        points = _module_trace(lay, graph, partition, method, bounds, k, stored)
+        points = _module_trace(lay, graph, partition, method, bounds, k, stored, kept)
         trace += points
         modules.append(ModuleMemory(k + 1, cotangents=max(b for _, _, b in points) - stored, **kinds))
     state = state_bytes(graph, partition, method, dtype)

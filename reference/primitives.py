@@ -13,15 +13,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
+from .parallel import map_runs
 from .xp import array_namespace, kernels_for
 
 __all__ = ["Primitive", "PRIMS", "cross_entropy", "cross_entropy_vjp"]
 
 
-# --- convolution: im2col over NHWC + one GEMM, for the forward and both cotangents ---
+# --- convolution: blocked im2col over NHWC + GEMMs, for the forward and both cotangents ---
+#
+# The patch matrix of a whole batch is k*k times the input, far larger than any cache:
+# building it, then streaming it through one GEMM, is bound by memory traffic (the copies
+# alone were ~30% of a ResNet step). So the batch is cut into groups of images whose
+# patch matrix is about COLUMN_BYTES; each group's patches are written into one reused
+# buffer and consumed by its GEMM while still in cache. On CuPy one group holds the whole
+# batch (a GPU wants one large launch per op). Inside ``parallel.threads(n)`` the groups
+# are shared among n threads (parallel.map_runs), each with its own buffer.
 
-def _im2col(x, k, stride, pad):
-    """(N*Ho*Wo, k*k*C) patch matrix of ``x`` zero-padded by ``pad`` (the one copy a GEMM needs)."""
+#: Target bytes of one group's patch matrix on the CPU: about one core's L2 cache.
+COLUMN_BYTES = 1 << 20
+
+
+def _im2col(x, k, stride, pad, out=None):
+    """(N*Ho*Wo, k*k*C) patch matrix of ``x`` zero-padded by ``pad``, and (N, Ho, Wo).
+
+    Written into the first rows of ``out`` (a C-contiguous 2-D buffer) when given (NumPy).
+    """
     if kern := kernels_for(x):
         return kern.im2col(x, k, stride, pad)
     xp = array_namespace(x)
@@ -33,36 +51,105 @@ def _im2col(x, k, stride, pad):
     ho, wo = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
     sn, sh, sw, sc = x.strides
     patches = xp.lib.stride_tricks.as_strided(x, (n, ho, wo, k, k, c), (sn, sh * stride, sw * stride, sh, sw, sc))
-    return patches.reshape(n * ho * wo, k * k * c), (n, ho, wo)
+    if out is None:
+        return patches.reshape(n * ho * wo, k * k * c), (n, ho, wo)
+    cols = out[:n * ho * wo]
+    cols.reshape(patches.shape)[...] = patches
+    return cols, (n, ho, wo)
+
+
+def _groups(x, rows_per_image: int, width: int) -> list:
+    """Slices of ``x``'s images whose (rows, width) patch matrix is about COLUMN_BYTES."""
+    n = x.shape[0]
+    if array_namespace(x) is not np:
+        return [slice(0, n)]
+    step = max(1, COLUMN_BYTES // (rows_per_image * width * x.itemsize))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _buffer(x, groups, rows_per_image: int, width: int):
+    """One patch buffer for a run of groups (the first is the largest); None on CuPy."""
+    if array_namespace(x) is not np:
+        return None
+    return np.empty(((groups[0].stop - groups[0].start) * rows_per_image, width), x.dtype)
+
+
+def _for_groups(x, rows_per_image, width, body):
+    """``body(s, buffer)`` for every image group s, on the active threads; per-run results."""
+    def run(groups):
+        buf = _buffer(x, groups, rows_per_image, width)
+        return [body(s, buf) for s in groups]
+    return map_runs(run, _groups(x, rows_per_image, width))
 
 
 def conv2d(x, w, *, kernel, out, stride=1, padding=0):
-    cols, shape = _im2col(x, kernel, stride, padding)
-    return (cols @ w.reshape(-1, out)).reshape(shape + (out,)), (x, w, stride, padding)
+    xp = array_namespace(x)
+    n, h, wd, c = x.shape
+    ho, wo = (h + 2 * padding - kernel) // stride + 1, (wd + 2 * padding - kernel) // stride + 1
+    y = xp.empty((n, ho, wo, out), xp.result_type(x, w))
+    w2 = w.reshape(-1, out)
+
+    def group(s, buf):  # y's rows of group s: one GEMM on the group's patches
+        cols, _ = _im2col(x[s], kernel, stride, padding, buf)
+        xp.matmul(cols, w2, out=y[s].reshape(-1, out))
+
+    _for_groups(x, ho * wo, kernel * kernel * c, group)
+    return y, (x, w, stride, padding)
 
 
-def conv2d_vjp(saved, g):
+def conv2d_dw(saved, g):
+    """(dw,): sum over groups of patches(x)^T @ g, added in group order."""
+    x, w, stride, padding = saved
+    k, _, c, o = w.shape
+    g3 = g.reshape(g.shape[0], -1, o)  # (n, Ho*Wo, o)
+    parts = _for_groups(x, g3.shape[1], k * k * c,
+                        lambda s, buf: _im2col(x[s], k, stride, padding, buf)[0].T @ g3[s].reshape(-1, o))
+    products = [p for run in parts for p in run]  # fresh arrays: the first can take the sum
+    dw = products[0]
+    for p in products[1:]:
+        dw += p
+    return (dw.reshape(w.shape),)
+
+
+def conv2d_dx(saved, g):
+    """(dx,): the cotangent of the conv's input."""
     x, w, stride, padding = saved
     xp = array_namespace(g)
     k, _, c, o = w.shape
     n, h, wd, _ = x.shape
-    cols, _ = _im2col(x, k, stride, padding)     # recomputed: cheaper to redo than to keep
-    dw = (cols.T @ g.reshape(-1, o)).reshape(w.shape)
-    del cols
+    dtype = xp.result_type(g, w)
     if stride > 1:  # col2im: scatter-add each kernel tap (dilating g would be mostly zeros)
-        dcols = (g.reshape(-1, o) @ w.reshape(-1, o).T).reshape(g.shape[:3] + (k, k, c))
+        w2t = w.reshape(-1, o).T
         if kern := kernels_for(g):
-            return kern.col2im(dcols, x.shape, k, stride, padding), dw
-        dpad = xp.zeros((n, h + 2 * padding, wd + 2 * padding, c), g.dtype)
-        for i in range(k):
-            for j in range(k):
-                dpad[:, i:i + stride * (g.shape[1] - 1) + 1:stride, j:j + stride * (g.shape[2] - 1) + 1:stride] += dcols[:, :, :, i, j]
-        return (dpad[:, padding:padding + h, padding:padding + wd] if padding else dpad), dw
+            return (kern.col2im(g.reshape(-1, o) @ w2t, x.shape, k, stride, padding),)
+        ho, wo = g.shape[1:3]
+        dpad = xp.zeros((n, h + 2 * padding, wd + 2 * padding, c), dtype)
+
+        def scatter(s, buf):
+            m = (s.stop - s.start) * ho * wo
+            dcols = xp.matmul(g[s].reshape(m, o), w2t, out=buf[:m]).reshape(-1, ho, wo, k, k, c)
+            dp = dpad[s]
+            for i in range(k):
+                for j in range(k):
+                    dp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride] += dcols[:, :, :, i, j]
+
+        _for_groups(g, ho * wo, k * k * c, scatter)
+        return ((dpad[:, padding:padding + h, padding:padding + wd] if padding else dpad),)
     # stride 1: the transposed convolution -- g bordered by k-1-padding zeros (BL-2.3 keeps
     # padding < kernel), the flipped kernel with c_in and c_out swapped; exactly x's size
-    gcols, _ = _im2col(g, k, 1, k - 1 - padding)
     wflip = w[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, c)
-    return (gcols @ wflip).reshape(x.shape), dw
+    dx = xp.empty(x.shape, dtype)
+
+    def transposed(s, buf):
+        gcols, _ = _im2col(g[s], k, 1, k - 1 - padding, buf)
+        xp.matmul(gcols, wflip, out=dx[s].reshape(-1, c))
+
+    _for_groups(g, h * wd, k * k * o, transposed)
+    return (dx,)
+
+
+def conv2d_vjp(saved, g):
+    return conv2d_dx(saved, g) + conv2d_dw(saved, g)
 
 
 # --- batch norm (BL-2.5): batch statistics in training, running statistics in eval ---
@@ -93,7 +180,7 @@ def batchnorm(x, gamma, beta, mean, var, *, momentum=0.1, eps=1e-5, training=Tru
 def batchnorm_vjp(saved, g):
     xhat, gamma, inv, _, _, training = saved
     g2 = g.reshape(xhat.shape)
-    dgamma, dbeta = _column_sums(g2 * xhat), _column_sums(g2)
+    dgamma, dbeta = batchnorm_vjp_params(saved, g)
     if not training:
         return g * (gamma * inv), dgamma, dbeta
     m = xhat.shape[0]
@@ -105,6 +192,12 @@ def batchnorm_vjp(saved, g):
     array_namespace(g).subtract(g2, dx, out=dx)
     dx *= gamma * inv
     return dx.reshape(g.shape), dgamma, dbeta
+
+
+def batchnorm_vjp_params(saved, g):
+    """(dgamma, dbeta) alone, for a batch norm whose input needs no cotangent."""
+    g2 = g.reshape(saved[0].shape)
+    return _column_sums(g2 * saved[0]), _column_sums(g2)
 
 
 def batchnorm_update(saved, mean, var, *, momentum=0.1, eps=1e-5, training=True):
@@ -205,18 +298,23 @@ class Primitive:
     fwd: Callable
     vjp: Callable
     update: Callable | None = None  # buffers' new values in training (batch norm only)
+    # The VJP in two halves, where one half is worth skipping (the engine, BL-3.7 by
+    # linearity): cotangents of the inputs only, and of the parameters only.
+    vjp_inputs: Callable | None = None
+    vjp_params: Callable | None = None
 
 
 #: The VJP table: name -> forward, VJP (saved residuals, cotangent) -> cotangents.
 PRIMS: dict[str, Primitive] = {
-    "conv2d": Primitive(conv2d, conv2d_vjp),
-    "batchnorm": Primitive(batchnorm, batchnorm_vjp, batchnorm_update),
+    "conv2d": Primitive(conv2d, conv2d_vjp, vjp_inputs=conv2d_dx, vjp_params=conv2d_dw),
+    "batchnorm": Primitive(batchnorm, batchnorm_vjp, batchnorm_update, vjp_params=batchnorm_vjp_params),
     "relu": Primitive(relu, lambda mask, g: (g * mask,)),
     "add": Primitive(add, lambda _, g: (g, g)),
     "avgpool": Primitive(avgpool, avgpool_vjp),
     "maxpool": Primitive(maxpool, maxpool_vjp),
     "global_avgpool": Primitive(global_avgpool, global_avgpool_vjp),
-    "linear": Primitive(linear, lambda s, g: (g @ s[1].T, s[0].T @ g, g.sum(axis=0))),
+    "linear": Primitive(linear, lambda s, g: (g @ s[1].T, s[0].T @ g, g.sum(axis=0)),
+                        vjp_inputs=lambda s, g: (g @ s[1].T,), vjp_params=lambda s, g: (s[0].T @ g, g.sum(axis=0))),
     "flatten": Primitive(flatten, lambda shape, g: (g.reshape(shape),)),
     "reshape": Primitive(reshape, lambda shape, g: (g.reshape(shape),)),
 }
