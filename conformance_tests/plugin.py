@@ -32,7 +32,7 @@ SMOKE = "conformance_smoke"
 #: forbidden problems, gradients, reach, batch norm, optimizer, schedules.
 SECTION_ORDER = ("test_bl6_protocol", "test_bl2_primitives", "test_bl2_graph", "test_bl3_partition",
                  "test_bl3_gradients", "test_bl3_reach", "test_bl2_batchnorm", "test_bl4_optimizer",
-                 "test_bl4_schedule", "test_bl4_2_pipeline")
+                 "test_bl4_schedule", "test_bl4_2_pipeline", "test_bl2_8_transformers")
 REQUIRES = "conformance_requires"
 OLD_OPTION = "--backend"
 NEW_OPTION = "--conformance-backend"

@@ -34,7 +34,7 @@ import numpy as np
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from backlink.reference.models import make_partition, mlp, resnet, small_cnn
+from backlink.reference.models import make_partition, mlp, resnet, small_cnn, vit
 from backlink.spec import Graph, LRSchedule, Method, Optimizer, Partition, Problem
 
 from .oracle import Case, make_case
@@ -42,7 +42,9 @@ from .plugin import OPTIONS
 
 __all__ = ["MODEL_KINDS", "BN_KINDS", "Structure", "DEFAULT_STRUCTURES", "structures", "structure_count",
            "structure_summary", "sweep", "graphs", "partitions", "methods", "optimizers", "problems", "cases",
-           "smoke_graph", "smoke_problem", "smoke_case", "SMOKE_OPTIMIZER", "BOUNDARY_CASES", "boundary_case"]
+           "smoke_graph", "smoke_problem", "smoke_case", "SMOKE_OPTIMIZER", "BOUNDARY_CASES", "boundary_case",
+           "TRANSFORMER_KINDS", "DEFAULT_VIT_STRUCTURES", "transformer_structures", "transformer_examples",
+           "adamw_optimizers", "SMOKE_ADAMW", "transformer_smoke_case"]
 
 MODEL_KINDS = ("mlp", "cnn", "resnet-block", "resnet-layer")
 BN_KINDS = ("cnn", "resnet-block", "resnet-layer")
@@ -134,10 +136,11 @@ def structure_summary() -> str:
     return f"backlink conformance: {len(s)} graph structures per run ({', '.join(kinds)})"
 
 
-def sweep(**strategies):
-    """``@given(**strategies)`` with the suite's settings: bounded, derandomized, no deadline."""
+def sweep(examples=None, **strategies):
+    """``@given(**strategies)`` with the suite's settings: bounded, derandomized, no deadline.
+    ``examples``: a function of ``--conformance-examples`` giving this sweep's count."""
     def decorate(fn):
-        test = settings(max_examples=OPTIONS.examples, deadline=None, derandomize=OPTIONS.seed == 0,
+        test = settings(max_examples=examples(OPTIONS.examples) if examples else OPTIONS.examples, deadline=None, derandomize=OPTIONS.seed == 0,
                         database=None, report_multiple_bugs=False, print_blob=False,
                         phases=(Phase.explicit, Phase.generate, Phase.shrink),
                         suppress_health_check=list(HealthCheck))(given(**strategies)(fn))
@@ -146,8 +149,10 @@ def sweep(**strategies):
 
 
 def structures_of(kinds=MODEL_KINDS, min_cuts: int = 0) -> list[Structure]:
-    found = [s for s in structures() if s.kind in kinds and len(s.graph.valid_cuts()) >= min_cuts]
-    return found or [s for s in DEFAULT_STRUCTURES if s.kind in kinds and len(s.graph.valid_cuts()) >= min_cuts]
+    pool = structures() + transformer_structures()  # ViTs (BL-2.8) only where kinds ask for them
+    found = [s for s in pool if s.kind in kinds and len(s.graph.valid_cuts()) >= min_cuts]
+    return found or [s for s in DEFAULT_STRUCTURES + DEFAULT_VIT_STRUCTURES
+                     if s.kind in kinds and len(s.graph.valid_cuts()) >= min_cuts]
 
 
 @st.composite
@@ -328,3 +333,85 @@ BOUNDARY_CASES = {
 def boundary_case(name: str, dtype: str = "float64", steps: int = 2, seed: int = 3) -> Case:
     _, _, factory, batch = BOUNDARY_CASES[name]
     return make_case(factory(dtype), seed=seed, batch_size=batch, steps=steps, first_id=10)
+
+
+# ---------------------------------------------------------------- transformers (BL-2.7, BL-2.8)
+
+#: ViTs at block grain (a unit per pre-norm block) and at half-block grain (attention, MLP).
+TRANSFORMER_KINDS = ("vit-block", "vit-layer")
+
+
+def _vit(kind, side, channels, patch, depth, width, heads, ratio, classes):
+    return vit(input_shape=(side, side, channels), patch=patch, depth=depth, width=width, heads=heads,
+               mlp_ratio=ratio, num_classes=classes, granularity=kind.split("-")[1])
+
+
+#: Two fixed ViT structures for the default run (a compiling backend compiles each once):
+#: half-block units, 4 tokens in 2 heads, cuts between halves; block units, 9 tokens, 1 head.
+#: Width >= 4: layer norm over 2 or 3 features is as ill-conditioned in float32 as batch
+#: norm over a few values (two nearly equal features have a variance near 0).
+DEFAULT_VIT_STRUCTURES = (
+    Structure("vit-layer", _vit("vit-layer", 8, 2, 4, 2, 4, 2, 2, 3), 5),
+    Structure("vit-block", _vit("vit-block", 6, 1, 2, 3, 6, 1, 1, 4), 4),
+)
+
+
+def _random_vit(rng: np.random.Generator, kind: str) -> Structure:
+    """Drawn sizes: 4x4 to 8x8 images in 1 to 16 tokens, depth 1-3, width 4 or 6 in 1-2 heads."""
+    side = int(rng.choice((4, 6, 8)))
+    patch = int(rng.choice([p for p in (2, 4, side) if side % p == 0]))
+    heads = int(rng.integers(1, 3))
+    width = int(rng.choice((4, 6))) if heads == 1 else 2 * int(rng.integers(2, 4))
+    return Structure(kind, _vit(kind, side, int(rng.integers(1, 4)), patch, int(rng.integers(1, 4)), width, heads,
+                                int(rng.integers(1, 3)), int(rng.integers(2, 5))), int(rng.integers(4, 11)))
+
+
+def transformer_examples(n: int) -> int:
+    """Examples per transformer sweep: a quarter of ``--conformance-examples``, at least 2."""
+    return max(2, n // 4)
+
+
+@lru_cache(maxsize=None)
+def _vit_structures(run_seed: int, count: int) -> tuple[Structure, ...]:
+    rng = np.random.default_rng([run_seed, 23])
+    fixed = DEFAULT_VIT_STRUCTURES[:count] if run_seed == 0 else ()
+    extra = [_random_vit(rng, TRANSFORMER_KINDS[i % 2]) for i in range(count - len(fixed))]
+    return tuple(fixed) + tuple(extra)
+
+
+def transformer_structures() -> tuple[Structure, ...]:
+    """This run's ViT structures: the 2 default ones (seed 0) or 2 drawn ones (other seeds),
+    one more drawn per 8 examples above 8 (depth, width, heads, patch, grain, classes, batch)."""
+    return _vit_structures(OPTIONS.seed, 2 + max(0, math.ceil((OPTIONS.examples - 8) / 8)))
+
+
+@st.composite
+def adamw_optimizers(draw, eps=(1e-6, 1e-3)):
+    """BL-4.7: AdamW with drawn betas, eps, decoupled weight decay and LR schedule.
+
+    eps >= 1e-6: AdamW divides by the gradient's RMS, so a gradient that is 0 in exact
+    arithmetic (the attention key bias: softmax ignores a per-query shift) but rounding
+    noise in practice moves its parameter by lr * noise / eps; two conforming backends'
+    noises differ. float32 sweeps pass ``eps=(1e-3,)`` (float32 noise is 1e-9 and up)."""
+    return Optimizer(kind="adamw", lr=draw(st.sampled_from((0.01, 0.05)), label="lr"),
+                     betas=draw(st.sampled_from(((0.5, 0.9), (0.9, 0.999))), label="betas"),
+                     eps=draw(st.sampled_from(eps), label="eps"),
+                     weight_decay=draw(st.sampled_from((0.1, 0.0)), label="weight_decay"),
+                     schedule=draw(schedules(), label="schedule"))
+
+
+#: every AdamW feature at once: decay, warmup then cosine (run past its end: lr 0 from t = 5)
+SMOKE_ADAMW = Optimizer(kind="adamw", lr=0.05, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1,
+                        schedule=LRSchedule("cosine", warmup=1, total=5))
+
+
+def transformer_smoke_case(method="backlink", dtype="float64", steps=1, optimizer=None, schedule="synchronous",
+                           seed=2) -> Case:
+    """The first default ViT (6 half-block units on 8x8x2 images, 4 tokens of width 4 in 2
+    heads); modules of 2, 2 and 2 units (a cut between the halves of block 2), P = 1, beta 0.5."""
+    graph = DEFAULT_VIT_STRUCTURES[0].graph
+    partition = make_partition(graph, (2, 4)) if method != "bp" else Partition()
+    m = {"bp": Method("bp"), "greedy": Method("greedy", loss_weights=(0.5, 2.0, 1.5)),
+         "backlink": Method("backlink", link_length=1, beta=0.5, loss_weights=(0.5, 2.0, 1.5))}[method]
+    problem = Problem(graph, partition, m, optimizer or Optimizer(), schedule, dtype)
+    return make_case(problem, seed=seed, batch_size=5, steps=steps, first_id=0 if schedule == "pipelined" else 10)

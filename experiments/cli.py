@@ -25,9 +25,11 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool, grid: bool = False)
 
     d = RunConfig()
     g = p.add_argument_group("model and method")
-    g.add_argument("--model", default=d.model, help="mlp, cnn, vgg, resnet8/14/20/32/56/110 (default %(default)s)")
+    g.add_argument("--model", default=d.model,
+                   help="mlp, cnn, vgg, resnet8/14/20/32/56/110, vit (default %(default)s)")
     g.add_argument("--granularity", default=d.granularity, choices=["block", "layer"],
-                   help="ResNet unit grain: link length counts these units (default %(default)s)")
+                   help="ResNet/ViT unit grain: link length counts these units; a ViT's layer is a "
+                        "half-block (default %(default)s)")
     if with_method:
         g.add_argument("--method", default=d.method, choices=["bp", "greedy", "backlink"])
     many = dict(nargs="+") if grid else {}
@@ -53,6 +55,8 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool, grid: bool = False)
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch", type=int, default=d.batch)
     g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adamw"],
+                   help="sgd (BL-4.3, default) or adamw (BL-4.7: --momentum/--no-nesterov unused)")
     g.add_argument("--momentum", type=float, default=d.momentum)
     g.add_argument("--no-nesterov", dest="nesterov", action="store_false")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)

@@ -66,6 +66,7 @@ class RunConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # BL-4.3 sgd (momentum, nesterov) or BL-4.7 adamw (momentum ignored)
     schedule: str = "cosine"
     warmup_epochs: int = 0
     seed: int = 0
@@ -81,7 +82,7 @@ class RunConfig:
 
 def build_problem(cfg: RunConfig, ds) -> Problem:
     kw = dict(input_shape=ds.input_shape, num_classes=ds.num_classes)
-    if cfg.model.startswith("resnet"):
+    if cfg.model.startswith("resnet") or cfg.model == "vit":
         kw["granularity"] = cfg.granularity
     graph = build_model(cfg.model, **kw)
     cuts = tuple(cfg.cuts) if cfg.cuts else (_split(cfg, graph) if cfg.method != "bp" else ())
@@ -92,7 +93,11 @@ def build_problem(cfg: RunConfig, ds) -> Problem:
     total = max(cfg.epochs * steps_per_epoch, 1)
     schedule = LRSchedule(cfg.schedule, step_size=max(total // 3, 1),
                           warmup=min(cfg.warmup_epochs * steps_per_epoch, total - 1), total=total)
-    opt = Optimizer(cfg.lr, cfg.momentum, cfg.nesterov and cfg.momentum > 0, cfg.weight_decay, schedule)
+    if cfg.optimizer == "adamw":
+        opt = Optimizer(cfg.lr, weight_decay=cfg.weight_decay, schedule=schedule, kind="adamw")
+    else:
+        opt = Optimizer(cfg.lr, cfg.momentum, cfg.nesterov and cfg.momentum > 0, cfg.weight_decay, schedule,
+                        kind=cfg.optimizer)
     return Problem(graph, partition, method, opt, dtype=cfg.dtype)
 
 

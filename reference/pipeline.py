@@ -100,7 +100,7 @@ class Stage:
         self.buffers = {s: xp.asarray(buffers[s], dtype=dtype) for s in own_buffers}
         self.decay = frozenset(s.id for u in (*self.units, *([self.head] if self.head else ()))
                                for s in u.params if s.decay)
-        self.state = optim.init_state(self.params)
+        self.state = optim.init_state(self.params, problem.optimizer)
         self.updates = 0   # BL-4.2.8: the optimizer step counter is the number of updates made
         self.stash: dict[int, dict] = {}
         self.last_grads: dict = {}
@@ -164,8 +164,8 @@ class Stage:
         if own is None and link is None:
             return None
         grads = summed_terms(own, link)
-        self.params, self.state = optim.sgd(self.params, grads, self.state, self.problem.optimizer,
-                                            self.updates, self.decay)
+        self.params, self.state = optim.step(self.params, grads, self.state, self.problem.optimizer,
+                                             self.updates, self.decay)
         self.updates += 1
         self.last_grads = grads
         return update_event(tick, self.k, self.param_ids, own, link, grads)

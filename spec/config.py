@@ -9,8 +9,8 @@ from typing import Literal
 from .graph import Graph, SpecError
 from .partition import Method, Partition, validate
 
-__all__ = ["LRSchedule", "Optimizer", "UpdateEvent", "Problem", "validate_problem", "SCHEDULES", "DTYPES",
-           "LR_SCHEDULES"]
+__all__ = ["OPTIMIZER_KINDS", "LRSchedule", "Optimizer", "UpdateEvent", "Problem", "validate_problem",
+           "SCHEDULES", "DTYPES", "LR_SCHEDULES"]
 
 SCHEDULES = ("synchronous", "pipelined")
 DTYPES = ("float64", "float32")
@@ -67,20 +67,32 @@ class LRSchedule:
                             f"need integers 0 <= warmup < total")
 
 
+OPTIMIZER_KINDS = ("sgd", "adamw")
+
+
 @dataclass(frozen=True)
 class Optimizer:
-    """BL-4.3: SGD with momentum, Nesterov and L2 weight decay (PyTorch semantics).
+    """BL-4.3: SGD with momentum, Nesterov and L2 weight decay (PyTorch semantics), or
+    BL-4.7: AdamW (``kind="adamw"``).
 
-    For a parameter theta with gradient g at step t (PyTorch's SGD, dampening 0):
+    SGD, for a parameter theta with gradient g at step t (PyTorch's SGD, dampening 0):
     ``d = g + weight_decay * theta`` if the parameter's ``decay`` flag is set, else ``g``;
     ``buf = momentum * buf + d`` (buf starts at 0); ``u = d + momentum * buf`` if
     ``nesterov`` else ``buf`` (``d`` when momentum is 0); ``theta -= lr(t) * u``.
+
+    AdamW, with n the number of updates this parameter has had, this one included:
+    ``m = b1 * m + (1 - b1) * g``; ``v = b2 * v + (1 - b2) * g * g`` (both start at 0);
+    ``theta = theta * (1 - lr(t) * weight_decay)`` if the ``decay`` flag is set (decoupled:
+    the decay never enters m or v); ``theta -= lr(t) * (m / (1 - b1**n)) /
+    (sqrt(v / (1 - b2**n)) + eps)``. ``momentum`` and ``nesterov`` are SGD's and stay 0.
+
     Parameters without a gradient at the step are not touched (no decay either).
 
     ``schedule`` is the learning-rate schedule (BL-4.4), named ``optimizer.schedule`` in
     errors. Allowed values: ``lr``, ``momentum``, ``weight_decay`` finite and >= 0;
-    ``nesterov`` needs ``momentum > 0``. :meth:`validate` raises :class:`SpecError`
-    naming ``optimizer.<field>`` otherwise.
+    ``nesterov`` needs ``momentum > 0``; AdamW (BL-4.7.3): ``betas`` two numbers in [0, 1),
+    ``eps`` finite and > 0, ``momentum`` 0 and ``nesterov`` False. :meth:`validate` raises
+    :class:`SpecError` naming ``optimizer.<field>`` otherwise.
     """
 
     lr: float = 0.1
@@ -88,9 +100,13 @@ class Optimizer:
     nesterov: bool = False
     weight_decay: float = 0.0
     schedule: LRSchedule = field(default_factory=LRSchedule)
+    kind: Literal["sgd", "adamw"] = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
 
     def validate(self) -> None:
-        """Raise :class:`SpecError` naming ``optimizer.<field>`` if forbidden (BL-4.3.3, BL-4.4)."""
+        """Raise :class:`SpecError` naming ``optimizer.<field>`` if forbidden (BL-4.3.3, BL-4.4, BL-4.7.3)."""
+        self._validate_kind()
         for name in ("lr", "momentum", "weight_decay"):
             v = getattr(self, name)
             if not _finite(v) or v < 0:
@@ -104,6 +120,22 @@ class Optimizer:
             raise SpecError(f"field 'optimizer.schedule' is {self.schedule!r}; it must be a "
                             f"backlink.spec.LRSchedule")
         self.schedule.validate()
+
+    def _validate_kind(self) -> None:
+        """BL-4.7.3: the optimizer kind and AdamW's own fields."""
+        if self.kind not in OPTIMIZER_KINDS:
+            raise SpecError(f"field 'optimizer.kind' is {self.kind!r}; allowed: {', '.join(OPTIMIZER_KINDS)}")
+        if self.kind != "adamw":
+            return
+        if self.momentum or self.nesterov:
+            raise SpecError("fields 'optimizer.momentum'/'optimizer.nesterov' are SGD's; AdamW's momentum is "
+                            "'optimizer.betas': leave momentum 0 and nesterov False")
+        betas = self.betas
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+                and all(_finite(b) and 0 <= b < 1 for b in betas)):
+            raise SpecError(f"field 'optimizer.betas' is {betas!r}; it must be two numbers in [0, 1)")
+        if not _finite(self.eps) or self.eps <= 0:
+            raise SpecError(f"field 'optimizer.eps' is {self.eps!r}; it must be a finite number > 0")
 
 
 @dataclass(frozen=True)

@@ -112,13 +112,18 @@ def state_key(kind: str, id: str = "") -> str:
     """BL-6.5.2: the key of one entry of ``Runner.state_dict()``.
 
     ``kind`` is 'param', 'buffer' or 'momentum' (then ``id`` is a spec id: 'param/u1.conv.w'),
-    or 'step' (the number of completed steps, a 0-d int64 array; no id).
+    or 'step' (the number of completed steps, a 0-d int64 array; no id). With AdamW
+    (BL-4.7) 'momentum' holds the first moment m, 'adam_v' the second moment v and
+    'adam_n' the parameter's update count n (a 0-d int64 array).
     """
     if kind == "step":
         return "step"
-    if kind not in ("param", "buffer", "momentum"):
-        raise ValueError(f"state kind {kind!r}; allowed: param, buffer, momentum, step")
+    if kind not in STATE_KINDS:
+        raise ValueError(f"state kind {kind!r}; allowed: {', '.join(STATE_KINDS)}, step")
     return f"{kind}/{id}"
+
+
+STATE_KINDS = ("param", "buffer", "momentum", "adam_v", "adam_n")
 
 
 @runtime_checkable

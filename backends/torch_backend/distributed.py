@@ -38,7 +38,7 @@ from backlink.spec import INPUT, Batch, Problem, SpecError, UpdateEvent, check_l
 from backlink.spec.pipeline import drain_ticks, link_param_ids, module_param_ids
 
 from .ops import apply_op, to_internal
-from .optim import sgd_
+from .optim import step_
 
 __all__ = ["TorchStage", "TorchPipelinedRunner", "run_torch_distributed"]
 
@@ -144,7 +144,7 @@ class TorchStage:
         if own is None and link is None:
             return None
         grads = summed_terms(own, link)
-        sgd_(self.params, grads, self.state, self.problem.optimizer, self.updates, self.decay)
+        step_(self.params, grads, self.state, self.problem.optimizer, self.updates, self.decay)
         self.updates += 1
         self.last_grads = grads
         return update_event(tick, self.k, self.param_ids, own, link, grads)
