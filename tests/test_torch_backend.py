@@ -185,6 +185,18 @@ PRIM_CASES = {
     "flatten": ("flatten", [(2, 3, 4, 5)], {}),
     "reshape": ("reshape", [(2, 3, 4, 5)], dict(shape=(5, 12))),
     "reshape_to_image": ("reshape", [(2, 12)], dict(shape=(2, 3, 2))),
+    # BL-2.7 token primitives: tokens (n, T, D), attention heads (n, h, T, d)
+    "patch_embed": ("patch_embed", [(2, 4, 6, 3), (2, 2, 3, 5), (5,)], dict(patch=2, out=5)),
+    "pos_embed": ("pos_embed", [(2, 4, 5), (4, 5)], {}),
+    "layernorm": ("layernorm", [(2, 4, 5), (5,), (5,)], dict(eps=1e-5)),
+    "layernorm_heads": ("layernorm", [(2, 3, 4, 5), (5,), (5,)], dict(eps=1e-2)),
+    "token_linear": ("token_linear", [(2, 4, 5), (5, 3), (3,)], dict(out=3)),
+    "matmul": ("matmul", [(2, 3, 4, 5), (2, 3, 5, 2)], {}),
+    "transpose": ("transpose", [(2, 3, 4, 5)], dict(perm=(1, 0, 2))),
+    "scale": ("scale", [(2, 4, 5)], dict(factor=0.125)),
+    "gelu": ("gelu", [(2, 4, 5)], {}),
+    "softmax": ("softmax", [(2, 3, 4, 5)], {}),
+    "token_mean": ("token_mean", [(2, 4, 5)], {}),
 }
 
 
