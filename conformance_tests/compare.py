@@ -7,7 +7,7 @@ import numpy as np
 
 from backlink.spec import tolerance
 
-__all__ = ["fail", "assert_close", "assert_maps_close", "assert_keys", "assert_equal"]
+__all__ = ["fail", "assert_close", "assert_maps_close", "assert_keys", "assert_equal", "check_against_reference"]
 
 
 def fail(clause: str, message: str, case=None) -> None:
@@ -58,3 +58,28 @@ def assert_equal(actual, expected, *, clause: str, name: str, case=None) -> None
     __tracebackhide__ = True
     if actual != expected:
         fail(clause, f"{name} is {actual!r}, expected {expected!r}", case)
+
+
+def check_against_reference(backend, case, clause: str = "BL-4.1") -> None:
+    """Every record of ``case`` against the reference: events exactly (BL-4.6), losses, then
+    grads, params and running statistics after every step within tolerance."""
+    __tracebackhide__ = True
+    from .oracle import run_backend, run_reference
+
+    got, want = run_backend(backend, case), run_reference(case)
+    assert_equal(len(got), len(want), clause="BL-4.6", name="number of step records", case=case)
+    dtype = case.problem.dtype
+    for t, (g, w) in enumerate(zip(got, want)):
+        assert_equal(list(g.events), list(w.events), clause="BL-4.6", name=f"update events of step/tick {t}",
+                     case=case)
+        what = "grad" if t == 0 else "steps"
+        assert_keys(g.losses, w.losses, clause="BL-3.2", name=f"step {t} record.losses", case=case)
+        for k in w.losses:
+            assert_close(g.losses[k], w.losses[k], clause="BL-3.2", dtype=dtype, what=what,
+                         name=f"step {t} loss L_{k}", case=case)
+        assert_maps_close(g.grads, w.grads, clause=clause, dtype=dtype, what=what, name=f"step {t} grads",
+                          case=case)
+        assert_maps_close(g.params, w.params, clause=clause, dtype=dtype, what="steps",
+                          name=f"params after step {t}", case=case)
+        assert_maps_close(g.buffers, w.buffers, clause="BL-2.5", dtype=dtype, what="steps",
+                          name=f"running statistics after step {t}", case=case)

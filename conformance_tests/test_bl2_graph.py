@@ -8,8 +8,8 @@ from backlink_conformance.oracle import run_backend
 from backlink_conformance.strategies import cases, smoke_case, sweep
 
 
-def check_ids_and_shapes(backend, case):
-    rec = run_backend(backend, case)[0]
+def check_ids_and_shapes(conformance_backend, case):
+    rec = run_backend(conformance_backend, case)[0]
     problem = case.problem
     units = problem.graph.units + problem.partition.heads
     params = {a.id: a.shape for u in units for a in u.params}
@@ -23,24 +23,24 @@ def check_ids_and_shapes(backend, case):
 
 
 @pytest.mark.conformance_smoke
-def test_bl2_4_ids_and_shapes_smoke(backend):
-    check_ids_and_shapes(backend, smoke_case("backlink"))
+def test_bl2_4_ids_and_shapes_smoke(conformance_backend):
+    check_ids_and_shapes(conformance_backend, smoke_case("backlink"))
 
 
 @pytest.mark.parametrize("method", ["bp", "backlink"])
-def test_bl2_4_ids_and_shapes(backend, method):
+def test_bl2_4_ids_and_shapes(conformance_backend, method):
     @sweep(case=cases(method, "float64"))
     def check(case):
-        check_ids_and_shapes(backend, case)
+        check_ids_and_shapes(conformance_backend, case)
     check()
 
 
 @pytest.mark.conformance_smoke
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bl2_4_initial_values_are_used(backend, dtype):
+def test_bl2_4_initial_values_are_used(conformance_backend, dtype):
     """With lr = 0 nothing moves: the parameters after a step are the ones given (BL-2.4.1)."""
     case = smoke_case("backlink", dtype, optimizer=Optimizer(lr=0.0))
-    rec, = run_backend(backend, case)
+    rec, = run_backend(conformance_backend, case)
     for k, v in case.params.items():
         assert_close(rec.params[k], v, clause="BL-2.4.1", dtype=dtype, what="params", case=case,
                      name=f"params[{k!r}] after a step with lr=0 (must equal the given initial value)")

@@ -22,13 +22,13 @@ pytestmark = [pytest.mark.conformance_smoke, pytest.mark.conformance_requires(pr
 NAMES = sorted(PRIMITIVES)
 
 
-def run(backend, call, dtype):
+def run(conformance_backend, call, dtype):
     """(backend's (output, cotangents), reference's) for one call and a drawn cotangent."""
     args = [np.asarray(a, dtype=np.float64) for a in call.args]
     out, saved = PRIMS[call.name].fwd(*args, **call.attrs)
     cot = call.cotangent(out.shape, dtype)
     want = PRIMS[call.name].vjp(saved, np.asarray(cot, dtype=np.float64))
-    got = backend.primitive(call.name, [a.copy() for a in call.args], dict(call.attrs), cot.copy())
+    got = conformance_backend.primitive(call.name, [a.copy() for a in call.args], dict(call.attrs), cot.copy())
     if not (isinstance(got, (tuple, list)) and len(got) == 2):
         fail("BL-2.2", f"backend.primitive({call.name!r}, ...) must return (output, cotangents), got {got!r}")
     return got, (out, want)
@@ -36,10 +36,10 @@ def run(backend, call, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", NAMES)
-def test_bl2_2_primitive_forward(backend, name, dtype):
+def test_bl2_2_primitive_forward(conformance_backend, name, dtype):
     @sweep(call=prim_calls(name, dtype))
     def check(call):
-        (out, _), (want, _) = run(backend, call, dtype)
+        (out, _), (want, _) = run(conformance_backend, call, dtype)
         assert_close(out, want, clause="BL-2.2", dtype=dtype, name=f"{name} forward output",
                      note=f"\n  call: {call!r}")
     check()
@@ -47,13 +47,13 @@ def test_bl2_2_primitive_forward(backend, name, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", NAMES)
-def test_bl2_2_primitive_vjp(backend, name, dtype):
+def test_bl2_2_primitive_vjp(conformance_backend, name, dtype):
     n_grads = PRIMITIVES[name][0] + PRIMITIVES[name][1]
     what = ["input"] * PRIMITIVES[name][0] + ["parameter"] * PRIMITIVES[name][1]
 
     @sweep(call=prim_calls(name, dtype))
     def check(call):
-        (_, cots), (_, want) = run(backend, call, dtype)
+        (_, cots), (_, want) = run(conformance_backend, call, dtype)
         if len(cots) < n_grads:
             fail("BL-2.2", f"{name} VJP returned {len(cots)} cotangents, needs {n_grads} "
                            f"(one per input and parameter)\n  call: {call!r}")

@@ -15,19 +15,19 @@ from backlink_conformance.oracle import reach_union, run_backend, run_reference,
 from backlink_conformance.strategies import cases, smoke_case, sweep
 
 
-def check_keys(backend, case):
-    rec = run_backend(backend, case)[0]
+def check_keys(conformance_backend, case):
+    rec = run_backend(conformance_backend, case)[0]
     assert_keys(rec.grads, reach_union(case.problem), clause="BL-3.7",
                 name="record.grads (must be exactly the union of the reach sets)", case=case)
 
 
-def check_reach_exact(backend, case):
+def check_reach_exact(conformance_backend, case):
     problem = case.problem
     reach = reach_sets(problem.graph, problem.partition, problem.method)
     for r in reach:
         weights = tuple(1.0 if j == r.loss else 0.0 for j in range(1, len(reach) + 1))
         iso = case if problem.method.kind == "bp" else with_method(case, loss_weights=weights)
-        got, want = run_backend(backend, iso)[0], run_reference(iso)[0]
+        got, want = run_backend(conformance_backend, iso)[0], run_reference(iso)[0]
         support = {k for k, g in got.grads.items() if np.any(np.asarray(g) != 0)}
         allowed = r.own | r.tail
         sets = f"reach set of loss {r.loss}: own {sorted(r.own)}, tail {sorted(r.tail)}; loss weights {weights}"
@@ -46,28 +46,28 @@ def check_reach_exact(backend, case):
 
 @pytest.mark.conformance_smoke
 @pytest.mark.parametrize("method", ["bp", "greedy", "backlink"])
-def test_bl3_6_grad_keys_are_union_of_reach_sets_smoke(backend, method):
-    check_keys(backend, smoke_case(method))
+def test_bl3_6_grad_keys_are_union_of_reach_sets_smoke(conformance_backend, method):
+    check_keys(conformance_backend, smoke_case(method))
 
 
 @pytest.mark.conformance_smoke
 @pytest.mark.parametrize("method", ["greedy", "backlink"])
-def test_bl3_6_reach_sets_exact_smoke(backend, method):
-    check_reach_exact(backend, smoke_case(method))
+def test_bl3_6_reach_sets_exact_smoke(conformance_backend, method):
+    check_reach_exact(conformance_backend, smoke_case(method))
 
 
 @pytest.mark.parametrize("method", ["bp", "greedy", "backlink"])
-def test_bl3_6_grad_keys_are_union_of_reach_sets(backend, method):
+def test_bl3_6_grad_keys_are_union_of_reach_sets(conformance_backend, method):
     @sweep(case=cases(method, "float64"))
     def check(case):
-        check_keys(backend, case)
+        check_keys(conformance_backend, case)
     check()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", ["bp", "greedy", "backlink"])
-def test_bl3_6_reach_sets_exact(backend, method, dtype):
+def test_bl3_6_reach_sets_exact(conformance_backend, method, dtype):
     @sweep(case=cases(method, dtype))
     def check(case):
-        check_reach_exact(backend, case)
+        check_reach_exact(conformance_backend, case)
     check()

@@ -22,9 +22,9 @@ SCHEDULE = "pipelined"
 METHOD_KINDS = ("greedy", "backlink", "bp")
 
 
-def run_feed(backend, case: Case, feed):
+def run_feed(conformance_backend, case: Case, feed):
     """Records of ``backend`` for ``feed`` (batches and None), on copies of the case's arrays."""
-    runner = backend.prepare(case.problem, copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers)))
+    runner = conformance_backend.prepare(case.problem, copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers)))
     return [runner.step(None if b is None else copy.deepcopy(b)) for b in feed]
 
 
@@ -67,28 +67,28 @@ def drained_feed(case: Case):
 @pytest.mark.conformance_smoke
 @pytest.mark.parametrize("schedule", [SCHEDULE])
 @pytest.mark.parametrize("method", METHOD_KINDS)
-def test_bl4_2_4_tick_table_smoke(backend, method, schedule):
+def test_bl4_2_4_tick_table_smoke(conformance_backend, method, schedule):
     """Modules of 3, 2, 3 units, P=2, every optimizer feature; four batches and the drain."""
     case = smoke_case(method, "float64", steps=4, optimizer=SMOKE_OPTIMIZER, schedule=schedule)
     feed = drained_feed(case)
-    check_ticks(run_feed(backend, case, feed), reference_feed(case, feed), case, feed)
+    check_ticks(run_feed(conformance_backend, case, feed), reference_feed(case, feed), case, feed)
 
 
 @pytest.mark.parametrize("schedule", [SCHEDULE])
 @pytest.mark.parametrize("method", ("greedy", "backlink"))
-def test_bl4_2_1_bubbles(backend, method, schedule):
+def test_bl4_2_1_bubbles(conformance_backend, method, schedule):
     """step(None) between batches is a tick without input; the table shifts accordingly."""
     case = smoke_case(method, "float64", steps=3, optimizer=SMOKE_OPTIMIZER, schedule=schedule)
     b = case.batches
     feed = [b[0], None, b[1], None, None, b[2]] + [None] * drain_ticks(case.problem)
-    check_ticks(run_feed(backend, case, feed), reference_feed(case, feed), case, feed)
+    check_ticks(run_feed(conformance_backend, case, feed), reference_feed(case, feed), case, feed)
 
 
 @pytest.mark.parametrize("schedule", [SCHEDULE])
 @pytest.mark.parametrize("method", ("greedy", "backlink"))
-def test_bl4_2_6_drained_pipeline_is_idle(backend, method, schedule):
+def test_bl4_2_6_drained_pipeline_is_idle(conformance_backend, method, schedule):
     case = smoke_case(method, "float64", steps=2, schedule=schedule)
-    records = run_feed(backend, case, drained_feed(case) + [None, None])
+    records = run_feed(conformance_backend, case, drained_feed(case) + [None, None])
     last, extra = records[-3], records[-2:]
     for r in extra:
         if r.events:
@@ -100,11 +100,11 @@ def test_bl4_2_6_drained_pipeline_is_idle(backend, method, schedule):
 
 @pytest.mark.parametrize("schedule", [SCHEDULE])
 @pytest.mark.parametrize("method", ["bp"])
-def test_bl4_2_5_bp_is_synchronous(backend, method, schedule):
+def test_bl4_2_5_bp_is_synchronous(conformance_backend, method, schedule):
     """BP is locked: the pipelined records are the synchronous ones, tick = step."""
     case = smoke_case(method, "float64", steps=3, optimizer=SMOKE_OPTIMIZER, schedule=schedule)
     sync = dataclasses.replace(case, problem=dataclasses.replace(case.problem, schedule="synchronous"))
-    got = run_feed(backend, case, list(case.batches))
+    got = run_feed(conformance_backend, case, list(case.batches))
     want = reference_feed(sync, list(case.batches))
     for t, (g, w) in enumerate(zip(got, want)):
         assert_equal(g.events, w.events, clause="BL-4.2.5", name=f"tick {t} events", case=case)
@@ -114,14 +114,14 @@ def test_bl4_2_5_bp_is_synchronous(backend, method, schedule):
 
 @pytest.mark.parametrize("schedule", [SCHEDULE])
 @pytest.mark.parametrize("method", ["backlink"])
-def test_bl4_2_3_link_length_zero_is_greedy(backend, method, schedule):
+def test_bl4_2_3_link_length_zero_is_greedy(conformance_backend, method, schedule):
     case = smoke_case("backlink", "float64", steps=3, optimizer=SMOKE_OPTIMIZER, schedule=schedule)
     zero = dataclasses.replace(case, problem=dataclasses.replace(
         case.problem, method=dataclasses.replace(case.problem.method, link_length=0)))
     greedy = dataclasses.replace(case, problem=dataclasses.replace(
         case.problem, method=Method("greedy", loss_weights=case.problem.method.loss_weights)))
-    got = run_feed(backend, zero, drained_feed(zero))
-    want = run_feed(backend, greedy, drained_feed(greedy))
+    got = run_feed(conformance_backend, zero, drained_feed(zero))
+    want = run_feed(conformance_backend, greedy, drained_feed(greedy))
     if [r.events for r in got] != [r.events for r in want]:
         fail("BL-4.2.3", "with link_length 0 the events differ from greedy's", zero)
     assert_maps_close(got[-1].params, want[-1].params, clause="BL-4.2.3",
@@ -130,12 +130,12 @@ def test_bl4_2_3_link_length_zero_is_greedy(backend, method, schedule):
 
 @pytest.mark.parametrize("schedule", [SCHEDULE])
 @pytest.mark.parametrize("method", ["backlink"])
-def test_bl4_2_7_cross_module_link_rejected(backend, method, schedule):
+def test_bl4_2_7_cross_module_link_rejected(conformance_backend, method, schedule):
     case = smoke_case("backlink", "float64", schedule=schedule)
     problem = dataclasses.replace(case.problem, method=dataclasses.replace(
         case.problem.method, link_length=3, allow_cross_module=True))  # loss 3 reaches module 1
     try:
-        backend.prepare(problem, copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers)))
+        conformance_backend.prepare(problem, copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers)))
     except SpecError as e:
         if "link_length" not in str(e):
             fail("BL-4.2.7", f"the SpecError does not name field 'link_length': {e}", case)
@@ -148,10 +148,10 @@ def test_bl4_2_7_cross_module_link_rejected(backend, method, schedule):
 @pytest.mark.parametrize("schedule", [SCHEDULE])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("method", METHOD_KINDS)
-def test_bl4_2_sweep(backend, method, dtype, schedule):
-    @sweep(case=cases(method, dtype, steps=3, schedule=schedule, optimizer=optimizers()))
+def test_bl4_2_sweep(conformance_backend, method, dtype, schedule):
+    @sweep(case=cases(method, dtype, steps=4, schedule=schedule, optimizer=optimizers()))
     def check(case):
         feed = drained_feed(case)
-        check_ticks(run_feed(backend, case, feed), run_reference(case), case, feed)
+        check_ticks(run_feed(conformance_backend, case, feed), run_reference(case), case, feed)
 
     check()

@@ -62,19 +62,19 @@ def _check_train_step(backend, case):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", METHODS)
-def test_bl6_5_1_train_step_is_step(backend, method, dtype):
-    _check_train_step(backend, smoke_case(method, dtype, steps=3, optimizer=SMOKE_OPTIMIZER))
+def test_bl6_5_1_train_step_is_step(conformance_backend, method, dtype):
+    _check_train_step(conformance_backend, smoke_case(method, dtype, steps=3, optimizer=SMOKE_OPTIMIZER))
 
 
 @sweep(case=cases("backlink", "float64", steps=3))
-def test_bl6_5_1_train_step_is_step_sweep(backend, case):
-    _check_train_step(backend, case)
+def test_bl6_5_1_train_step_is_step_sweep(conformance_backend, case):
+    _check_train_step(conformance_backend, case)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bl6_5_2_state_dict_round_trip(backend, dtype):
+def test_bl6_5_2_state_dict_round_trip(conformance_backend, dtype):
     case = smoke_case("backlink", dtype, steps=3, optimizer=SMOKE_OPTIMIZER)
-    first = _lean_runner(backend, case)
+    first = _lean_runner(conformance_backend, case)
     for b in case.batches[:2]:
         first.train_step(copy.deepcopy(b))
     state = first.state_dict()
@@ -87,7 +87,7 @@ def test_bl6_5_2_state_dict_round_trip(backend, dtype):
         if a.dtype != want:
             fail("BL-6.5.2", f"state_dict()[{key!r}] has dtype {a.dtype}; expected {want}", case)
     assert_equal(int(state[state_key("step")]), 2, clause="BL-6.5.2", name="state_dict()['step']", case=case)
-    second = _prepare(backend, case)  # a fresh runner, then the saved state: continues identically
+    second = _prepare(conformance_backend, case)  # a fresh runner, then the saved state: continues identically
     second.load_state_dict(copy.deepcopy(state))
     last = case.batches[2]
     a, b = first.train_step(copy.deepcopy(last)), second.train_step(copy.deepcopy(last))
@@ -102,9 +102,9 @@ def test_bl6_5_2_state_dict_round_trip(backend, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", ("bp", "backlink"))
-def test_bl6_5_3_predict_is_reference_eval_mode(backend, method, dtype):
+def test_bl6_5_3_predict_is_reference_eval_mode(conformance_backend, method, dtype):
     case = smoke_case(method, dtype, steps=2, optimizer=SMOKE_OPTIMIZER)
-    runner = _lean_runner(backend, case)
+    runner = _lean_runner(conformance_backend, case)
     for b in case.batches:
         runner.train_step(copy.deepcopy(b))
     expected_run = run_reference(case)[-1]

@@ -13,26 +13,26 @@ from backlink_conformance.strategies import smoke_case
 pytestmark = pytest.mark.conformance_smoke
 
 
-def test_bl6_1_backend_members(backend):
+def test_bl6_1_backend_members(conformance_backend):
     for member in ("name", "version"):
-        value = getattr(backend, member)
+        value = getattr(conformance_backend, member)
         if not isinstance(value, str) or not value:
             fail("BL-6.1", f"backend.{member} is {value!r}; it must be a non-empty string")
-    caps = backend.capabilities
+    caps = conformance_backend.capabilities
     if not isinstance(caps, Capabilities):
         fail("BL-6.2", f"backend.capabilities is {type(caps).__name__}, not backlink.spec.Capabilities")
     for field, allowed in (("dtypes", DTYPES), ("methods", METHODS), ("schedules", SCHEDULES)):
         extra = set(getattr(caps, field)) - set(allowed)
         if extra:
             fail("BL-6.2", f"capabilities.{field} lists {sorted(extra)}; allowed: {allowed}")
-    if not callable(getattr(backend, "prepare", None)):
+    if not callable(getattr(conformance_backend, "prepare", None)):
         fail("BL-6.1", "backend.prepare is not callable")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bl6_3_step_record_fields(backend, dtype):
+def test_bl6_3_step_record_fields(conformance_backend, dtype):
     case = smoke_case("backlink", dtype)
-    rec = run_backend(backend, case)[0]
+    rec = run_backend(conformance_backend, case)[0]
     problem = case.problem
     specs = {a.id: a for u in problem.graph.units + problem.partition.heads for a in u.params + u.buffers}
     for field in ("grads", "params", "buffers"):
@@ -52,11 +52,11 @@ def test_bl6_3_step_record_fields(backend, dtype):
         fail("BL-6.3", f"record.events must be a list of UpdateEvent, got {rec.events!r}", case)
 
 
-def test_bl6_1_inputs_are_not_mutated(backend):
+def test_bl6_1_inputs_are_not_mutated(conformance_backend):
     case = smoke_case("backlink", "float64", steps=2)
     params, buffers = copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers))
     batches = [copy.deepcopy(b) for b in case.batches]
-    runner = backend.prepare(case.problem, params, buffers)
+    runner = conformance_backend.prepare(case.problem, params, buffers)
     for b in batches:
         runner.step(b)
     for name, given, original in (("params", params, case.params), ("buffers", buffers, case.buffers)):
@@ -69,21 +69,21 @@ def test_bl6_1_inputs_are_not_mutated(backend):
             fail("BL-6.1.2", f"batch {b.id} was modified in place by step", case)
 
 
-def test_bl6_1_runners_are_independent(backend):
+def test_bl6_1_runners_are_independent(conformance_backend):
     case = smoke_case("backlink", "float64", steps=2)
-    first = run_backend(backend, case)
-    runner = backend.prepare(case.problem, copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers)))
+    first = run_backend(conformance_backend, case)
+    runner = conformance_backend.prepare(case.problem, copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers)))
     runner.step(copy.deepcopy(case.batches[0]))  # a second runner advancing must not disturb a new one
-    again = run_backend(backend, case)
+    again = run_backend(conformance_backend, case)
     for t, (a, b) in enumerate(zip(first, again)):
         for k in a.params:
             assert_close(b.params[k], a.params[k], clause="BL-6.1.3", dtype="float64", what="params",
                          name=f"step {t} params[{k!r}] of a fresh runner (vs the first runner)", case=case)
 
 
-def test_bl2_9_wrong_batch_shape_raises(backend):
+def test_bl2_9_wrong_batch_shape_raises(conformance_backend):
     case = smoke_case("greedy", "float64")
-    runner = backend.prepare(case.problem, copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers)))
+    runner = conformance_backend.prepare(case.problem, copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers)))
     b = case.batches[0]
     bad = Batch(b.x[:, :-1], b.y, b.id)
     try:
@@ -123,13 +123,13 @@ def _arrays_in(obj, path="runner", depth=0, seen=None):
 
 
 @pytest.mark.conformance_requires(device="cuda")
-def test_bl6_4_runner_computes_on_device(backend, monkeypatch):
-    xp = getattr(backend, "array_module", None)
+def test_bl6_4_runner_computes_on_device(conformance_backend, monkeypatch):
+    xp = getattr(conformance_backend, "array_module", None)
     if xp is None:
-        pytest.skip(f"backend {backend.name!r} declares device 'cuda' but has no `array_module` attribute "
+        pytest.skip(f"backend {conformance_backend.name!r} declares device 'cuda' but has no `array_module` attribute "
                     f"(the module its runner computes with) for the namespace check")
-    case = smoke_case("backlink", backend.capabilities.dtypes[0])
-    runner = backend.prepare(case.problem, copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers)))
+    case = smoke_case("backlink", conformance_backend.capabilities.dtypes[0])
+    runner = conformance_backend.prepare(case.problem, copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers)))
 
     def trap(name):
         def on_host(*args, **kwargs):

@@ -30,6 +30,7 @@ extensions = [
     "sphinx.ext.doctest",
     "flow_figure",   # docs/_ext: draws _generated/flow.png from the spec's reach sets
     "spec_checks",   # docs/_ext: fails the build on undocumented spec items or unknown clauses
+    "results_tables",  # docs/_ext: tables of the committed sweep results (docs/results)
 ]
 
 source_suffix = {".md": "markdown"}

@@ -25,9 +25,11 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool, grid: bool = False)
 
     d = RunConfig()
     g = p.add_argument_group("model and method")
-    g.add_argument("--model", default=d.model, help="mlp, cnn, vgg, resnet8/14/20/32/56/110 (default %(default)s)")
+    g.add_argument("--model", default=d.model,
+                   help="mlp, cnn, vgg, resnet8/14/20/32/56/110, vit (default %(default)s)")
     g.add_argument("--granularity", default=d.granularity, choices=["block", "layer"],
-                   help="ResNet unit grain: link length counts these units (default %(default)s)")
+                   help="ResNet/ViT unit grain: link length counts these units; a ViT's layer is a "
+                        "half-block (default %(default)s)")
     if with_method:
         g.add_argument("--method", default=d.method, choices=["bp", "greedy", "backlink"])
     many = dict(nargs="+") if grid else {}
@@ -35,6 +37,9 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool, grid: bool = False)
     g.add_argument("--K", type=int, default=listed(d.K), help="number of modules (default %(default)s)", **many)
     if not grid:
         g.add_argument("--cuts", type=_cuts, default=None, help="explicit cut points, overrides --K")
+    g.add_argument("--split", default=d.split, choices=["even", "infopro"],
+                   help="where K modules are cut: even (balanced unit counts, default) or infopro "
+                        "(InfoPro's split tables: resnet32 K=8/16, resnet110 K=16)")
     g.add_argument("--P", "--link-length", dest="link_length", type=int, default=listed(d.link_length),
                    help="BackLink link length in units (default %(default)s)", **many)
     g.add_argument("--beta", type=float, default=listed(d.beta), **many)
@@ -50,6 +55,8 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool, grid: bool = False)
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch", type=int, default=d.batch)
     g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adamw"],
+                   help="sgd (BL-4.3, default) or adamw (BL-4.7: --momentum/--no-nesterov unused)")
     g.add_argument("--momentum", type=float, default=d.momentum)
     g.add_argument("--no-nesterov", dest="nesterov", action="store_false")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -71,7 +78,12 @@ def _run_args(p: argparse.ArgumentParser, with_method: bool, grid: bool = False)
                        help="worker processes, each with one BLAS/torch thread (default %(default)s)")
     else:
         g.add_argument("--out", default=None, help="run folder for checkpoint.npz and result.json")
-        g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+        g.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.npz (written with the same settings; epochs may change)")
+        g.add_argument("--overwrite", action="store_true", help="start over in an OUT folder that holds a run")
+        g.add_argument("--checkpoint-every", default=None, metavar="N|Nmin",
+                       help="also checkpoint every N steps or N minutes inside an epoch (default: after each "
+                            "epoch only); resuming from one is bit-identical")
     g.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -108,7 +120,7 @@ def cmd_compare(args) -> int:
 def cmd_sweep(args) -> int:
     from backlink.experiments.aggregate import format_summary, summarize, write_summary
     from backlink.experiments.plots import plot_sweep
-    from backlink.experiments.sweep import Grid, run_sweep
+    from backlink.experiments.sweep import Grid, run_sweep, wall_seconds
     from backlink.experiments.train import RunConfig
 
     names = {f.name for f in dataclasses.fields(RunConfig)} - {"K", "link_length", "beta", "head", "seed"}
@@ -118,7 +130,8 @@ def cmd_sweep(args) -> int:
     results = run_sweep(base, grid, args.out, jobs=args.jobs, progress=args.progress)
     rows = summarize(results)
     write_summary(rows, args.out, meta={"command": "backlink " + shlex.join(args.argv), "grid": dataclasses.asdict(grid),
-                                        "base": dataclasses.asdict(base)})
+                                        "base": dataclasses.asdict(base), "jobs": args.jobs,
+                                        "wall_seconds": wall_seconds(args.out)})
     print(f"\n{base.model} on {base.dataset}, {base.epochs} epochs, batch {base.batch}, backend {base.backend}, "
           f"seeds {list(grid.seeds)} (mean ± std over seeds)")
     print(format_summary(rows))
@@ -130,7 +143,11 @@ def cmd_sweep(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from backlink import __version__
+    from backlink.spec import SPEC_VERSION
+
     p = argparse.ArgumentParser(prog="backlink", description=MAIN_HELP)
+    p.add_argument("--version", action="version", version=f"backlink {__version__} (spec {SPEC_VERSION})")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one method and print its results")
     _run_args(t, with_method=True)
@@ -171,6 +188,9 @@ def main(argv=None) -> int:
     except (SpecError, FileNotFoundError, FloatingPointError, ValueError, DeviceUnavailable) as e:
         print(f"backlink {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a failed write (disk full, read-only): not a mistake in the command
+        print(f"backlink {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 from .datasets_formats import (find_idx_file, make_synthetic, read_cifar_batches, read_idx,
                                read_mnist_csv, read_stl10_split)
 
-__all__ = ["Dataset", "DataNotFound", "DATASETS", "DATA_ROOT_ENV", "load", "random_crop",
+__all__ = ["Dataset", "DataNotFound", "DATASETS", "DATA_ROOT_ENV", "load", "check_labels", "random_crop",
            "hflip", "normalize", "augment", "batches"]
 
 #: Environment variable consulted for the data root when ``root`` is not given.
@@ -197,6 +197,24 @@ DATASETS: tuple[str, ...] = (*_SOURCES, "synthetic")
 
 # --------------------------------------------------------------------------- load
 
+def check_labels(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+    """Labels as read from the files: one integer in ``[0, num_classes)`` per image.
+
+    Checked at load time so that a corrupt or foreign label file fails here, naming the
+    file's split, not as a wrong class (or an IndexError) in the middle of training.
+    """
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"dataset {name!r} ({split}): labels have dtype {y.dtype}; need integer class indices")
+    if y.shape != (len(x),):
+        raise ValueError(f"dataset {name!r} ({split}): {y.size} labels (shape {y.shape}) for {len(x)} images")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        bad = int(np.flatnonzero((y < 0) | (y >= num_classes))[0])
+        raise ValueError(f"dataset {name!r} ({split}): label {int(y[bad])} at index {bad} is outside "
+                         f"0..{num_classes - 1} ({num_classes} classes); the label file is corrupt or "
+                         f"belongs to another dataset")
+
+
 def _subsample(x, y, n, field_name, seed, stream):
     if n is None:
         return x, y
@@ -250,6 +268,8 @@ def load(name: str, root=None, n_train: int | None = None, n_test: int | None = 
         xtr, xte = _to_unit_float(xtr, scale), _to_unit_float(xte, scale)
     else:
         raise ValueError(f"field 'name' is {name!r}; allowed: {', '.join(DATASETS)}")
+    for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        check_labels(key, split, x, y, classes)
     mean, std = _channel_stats(xtr)
     return Dataset(key, xtr, ytr.astype(np.int64), xte, yte.astype(np.int64), classes,
                    tuple(int(s) for s in xtr.shape[1:]), mean, std)

@@ -25,13 +25,14 @@ from . import data as datasets
 from .checkpoints import CHECKPOINT
 from .train import RESULT, RunConfig, TrainingDiverged, build_problem, train
 
-__all__ = ["Grid", "cells", "run_sweep", "load_results", "GRID_FIELDS", "DIVERGED"]
+__all__ = ["Grid", "cells", "run_sweep", "load_results", "wall_seconds", "GRID_FIELDS", "DIVERGED", "SESSIONS"]
 
 #: RunConfig fields a grid sets per cell; the rest is the sweep's base config.
 GRID_FIELDS = ("method", "K", "link_length", "beta", "head", "seed")
 #: Per-run fields that are not part of what a run computes.
-RUN_ONLY = ("out", "resume", "progress")
+RUN_ONLY = ("out", "resume", "progress", "overwrite", "checkpoint_every")
 DIVERGED = "diverged.json"
+SESSIONS = "sessions.json"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -81,7 +82,8 @@ def _check_sweep_file(path: Path, base: RunConfig, grid: Grid) -> None:
     """A re-run must train what the first run trained; the grid may grow."""
     mine = _base_record(base)
     if path.exists():
-        theirs = json.loads(path.read_text())["base"]
+        # a field added to RunConfig after the sweep started counts as its default there
+        theirs = {**_base_record(RunConfig()), **json.loads(path.read_text())["base"]}
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)
                       and not (isinstance(theirs.get(k), list) and tuple(theirs[k]) == mine.get(k)))
         if diff:
@@ -116,8 +118,8 @@ class _Reporter:
     def __init__(self, q, every: float = 2.0):
         self.q, self.every, self.n, self.last = q, every, 0, time.monotonic()
 
-    def __call__(self, n: int) -> None:
-        self.n += n
+    def __call__(self, losses: dict) -> None:
+        self.n += 1
         if time.monotonic() - self.last >= self.every:
             self.flush()
 
@@ -131,29 +133,32 @@ _QUEUE = None
 
 
 def _init_worker(q) -> None:
+    """Runs in each worker; its one thread comes from THREAD_VARS, set before the spawn."""
     global _QUEUE
     _QUEUE = q
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
 
 
-def _run_cell(cfg: RunConfig) -> dict:
+def _run_cell(cfg: RunConfig, on_step=None) -> dict:
     """Train one cell (resuming from its checkpoint); a divergence is recorded, not raised."""
-    reporter = _Reporter(_QUEUE) if _QUEUE is not None else None
     ds = _dataset(cfg.dataset, cfg.data_root, cfg.n_train, cfg.n_test, cfg.seed)
     try:
-        return train(cfg, ds, on_steps=reporter)
+        return train(cfg, ds, on_step=on_step)
     except TrainingDiverged as e:
         record = {"config": dataclasses.asdict(cfg), "diverged": str(e)}
         (Path(cfg.out) / DIVERGED).write_text(json.dumps(record, indent=2))
         return record
+
+
+def _run_cell_in_worker(cfg: RunConfig) -> dict:
+    if cfg.backend == "torch":  # torch reads OMP_NUM_THREADS too; this makes it explicit
+        import torch
+
+        torch.set_num_threads(1)
+    reporter = _Reporter(_QUEUE)
+    try:
+        return _run_cell(cfg, reporter)
     finally:
-        if reporter:
-            reporter.flush()
+        reporter.flush()
 
 
 def run_sweep(base: RunConfig, grid: Grid, out: str, jobs: int = 1, progress: bool = True) -> list[dict]:
@@ -172,57 +177,100 @@ def run_sweep(base: RunConfig, grid: Grid, out: str, jobs: int = 1, progress: bo
         except SpecError as e:
             raise SpecError(f"cell {name}: {e}") from None
         folder = root / "runs" / name
-        cfg = dataclasses.replace(cfg, out=str(folder), resume=True, progress=False)
+        cfg = dataclasses.replace(cfg, out=str(folder), resume=(folder / CHECKPOINT).is_file(), progress=False)
         t, d = _steps_of(cfg, folder, n_train)
         total, done = total + t, done + d
         if d < t:
             todo.append((d > 0, name, cfg))
     todo.sort(key=lambda item: not item[0])  # the interrupted cell first
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": jobs,
+               "runs_to_do": len(todo), "cpus": os.cpu_count()}
+    t0 = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=done, unit="step", smoothing=0.02,
                    desc=f"sweep: {len(todo)} of {len(cells(base, grid))} runs to do")
+    path = root / SESSIONS
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    last_log = [0.0]
+
+    def log(final: bool = False) -> None:  # every minute, so a killed sweep's time still counts
+        now = time.perf_counter()
+        if final or now - last_log[0] >= 60:
+            session["seconds"] = now - t0
+            path.write_text(json.dumps(earlier + [session], indent=1))
+            last_log[0] = now
+
+    log(final=True)
     try:
-        _execute([cfg for _, _, cfg in todo], jobs, bar)
+        _execute([cfg for _, _, cfg in todo], jobs, bar, log)
+        session["completed"] = True
     finally:
         if bar:
             bar.close()
+        log(final=True)
     return load_results(root, base, grid)
 
 
-def _execute(configs: list[RunConfig], jobs: int, bar) -> None:
+def wall_seconds(root) -> float:
+    """Wall time of every invocation of the sweep in ``root``, summed (0 when none logged)."""
+    path = Path(root) / SESSIONS
+    return sum(s["seconds"] for s in json.loads(path.read_text())) if path.exists() else 0.0
+
+
+def _execute(configs: list[RunConfig], jobs: int, bar, tick=lambda: None) -> None:
+    """Train ``configs``; ``tick()`` is called about every second (session bookkeeping)."""
     if jobs == 1 or len(configs) <= 1:
-        _init_worker(None)
         for cfg in configs:
-            ds = _dataset(cfg.dataset, cfg.data_root, cfg.n_train, cfg.n_test, cfg.seed)
-            try:
-                train(cfg, ds, on_steps=bar.update if bar else None)
-            except TrainingDiverged as e:
-                (Path(cfg.out) / DIVERGED).write_text(json.dumps(
-                    {"config": dataclasses.asdict(cfg), "diverged": str(e)}, indent=2))
+            _run_cell(cfg, (lambda _: bar.update()) if bar else None)
+            tick()
         return
     import multiprocessing as mp
 
     for var in THREAD_VARS:  # inherited by the spawned workers: one thread each
         os.environ[var] = "1"
     ctx = mp.get_context("spawn")
-    q = ctx.Manager().Queue()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(q,)) as pool:
-        pending = {pool.submit(_run_cell, cfg) for cfg in configs}
-        try:
-            while pending:
-                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                _drain(q, bar)
-                for f in finished:
-                    f.result()  # re-raise a worker's error here
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
+    manager = ctx.Manager()
+    q = manager.Queue()
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(q,))
+    stop_on_term = _interrupt_on_sigterm()
+    try:
+        pending = {pool.submit(_run_cell_in_worker, cfg) for cfg in configs}
+        while pending:
+            finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            _drain(q, bar)
+            tick()
+            for f in finished:
+                f.result()  # re-raise a worker's error here
         _drain(q, bar)
+    except BaseException:
+        # Interrupted, or a cell failed: stop the other workers now rather than let them
+        # finish (or start) runs; their checkpoints are atomic, a re-run resumes them.
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        manager.shutdown()
+        stop_on_term()
+
+
+def _interrupt_on_sigterm():
+    """``kill PID`` of a sweep stops its workers too (as Ctrl-C does); returns the undo."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 def _drain(q, bar) -> None:

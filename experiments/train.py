@@ -20,17 +20,18 @@ from typing import Callable
 import numpy as np
 
 from backlink.reference.memory import activation_bytes
-from backlink.reference.models import build_model, even_cuts, init_params, make_partition
-from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem
+from backlink.reference.models import (INFOPRO_TABLES, build_model, cuts_from_table, even_cuts,
+                                       init_params, make_partition)
+from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem, SpecError
 
 from . import data as datasets
 from .backends import check_backend, check_runner, make_backend
 from .checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
+from .checks import check_run_config
+from .runs import RESULT, check_plot_path, checkpoint_due, describe_checkpoint, parse_every, prepare_run_folder
 
 __all__ = ["RunConfig", "TrainingDiverged", "train", "compare", "format_table", "build_problem",
            "evaluate", "RESULT"]
-
-RESULT = "result.json"
 
 
 class TrainingDiverged(FloatingPointError):
@@ -50,6 +51,7 @@ class RunConfig:
     method: str = "backlink"
     K: int = 4
     cuts: tuple[int, ...] | None = None
+    split: str = "even"  # even: balanced unit counts; infopro: InfoPro's split tables (ResNets)
     link_length: int = 1
     beta: float = 1.0
     head: str = "linear"
@@ -64,6 +66,7 @@ class RunConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # BL-4.3 sgd (momentum, nesterov) or BL-4.7 adamw (momentum ignored)
     schedule: str = "cosine"
     warmup_epochs: int = 0
     seed: int = 0
@@ -71,16 +74,18 @@ class RunConfig:
     backend: str = "numpy"
     device: str | None = None
     out: str | None = None  # run folder: checkpoint.npz, result.json
-    resume: bool = False
+    resume: bool = False    # continue from out/checkpoint.npz (it must exist and match this config)
+    overwrite: bool = False  # start over in an out folder that holds a run
+    checkpoint_every: int | str | None = None  # also checkpoint every N steps, or "N min" (None: per epoch)
     progress: bool = True
 
 
 def build_problem(cfg: RunConfig, ds) -> Problem:
     kw = dict(input_shape=ds.input_shape, num_classes=ds.num_classes)
-    if cfg.model.startswith("resnet"):
+    if cfg.model.startswith("resnet") or cfg.model == "vit":
         kw["granularity"] = cfg.granularity
     graph = build_model(cfg.model, **kw)
-    cuts = tuple(cfg.cuts) if cfg.cuts else (even_cuts(graph, cfg.K) if cfg.method != "bp" else ())
+    cuts = tuple(cfg.cuts) if cfg.cuts else (_split(cfg, graph) if cfg.method != "bp" else ())
     partition = make_partition(graph, cuts, head=cfg.head)
     method = Method(cfg.method, link_length=cfg.link_length if cfg.method == "backlink" else 0,
                     beta=cfg.beta)
@@ -88,8 +93,28 @@ def build_problem(cfg: RunConfig, ds) -> Problem:
     total = max(cfg.epochs * steps_per_epoch, 1)
     schedule = LRSchedule(cfg.schedule, step_size=max(total // 3, 1),
                           warmup=min(cfg.warmup_epochs * steps_per_epoch, total - 1), total=total)
-    opt = Optimizer(cfg.lr, cfg.momentum, cfg.nesterov and cfg.momentum > 0, cfg.weight_decay, schedule)
+    if cfg.optimizer == "adamw":
+        opt = Optimizer(cfg.lr, weight_decay=cfg.weight_decay, schedule=schedule, kind="adamw")
+    else:
+        opt = Optimizer(cfg.lr, cfg.momentum, cfg.nesterov and cfg.momentum > 0, cfg.weight_decay, schedule,
+                        kind=cfg.optimizer)
     return Problem(graph, partition, method, opt, dtype=cfg.dtype)
+
+
+SPLITS = ("even", "infopro")
+
+
+def _split(cfg: RunConfig, graph) -> tuple[int, ...]:
+    if cfg.split == "even":
+        return even_cuts(graph, cfg.K)
+    if cfg.split != "infopro":
+        raise SpecError(f"field 'split' is {cfg.split!r}; allowed: {', '.join(SPLITS)}")
+    depth = int(cfg.model[len("resnet"):]) if cfg.model.startswith("resnet") else None
+    if (depth, cfg.K) not in INFOPRO_TABLES:
+        have = ", ".join(f"resnet{d} K={k}" for d, k in INFOPRO_TABLES)
+        raise SpecError(f"fields 'model', 'K' = ({cfg.model!r}, {cfg.K}): no InfoPro split table "
+                        f"(available: {have}); use --split even")
+    return cuts_from_table(graph, INFOPRO_TABLES[depth, cfg.K])
 
 
 def evaluate(runner, x, y, batch: int = 500) -> float:
@@ -105,12 +130,15 @@ def _step_fn(runner, lean: bool) -> Callable[[Batch], dict]:
     return runner.train_step if lean else (lambda b: runner.step(b).losses)
 
 
-def train(cfg: RunConfig, ds=None, backend=None, on_steps: Callable[[int], None] | None = None) -> dict:
+def train(cfg: RunConfig, ds=None, backend=None, on_step: Callable[[dict], None] | None = None) -> dict:
     """Train one method; returns the result dict (also written to ``out/result.json``).
 
     ``backend``: a backend object (default: ``make_backend(cfg.backend, cfg.device)``).
-    ``on_steps(n)``: called with the number of steps done since its last call (progress).
+    ``on_step(losses)``: called after every step with its losses (loss id -> value).
     """
+    check_run_config(cfg)
+    every = parse_every(cfg.checkpoint_every)
+    resuming = prepare_run_folder(cfg)  # before the data: a wrong folder fails in a second
     ds = ds or datasets.load(cfg.dataset, root=cfg.data_root, n_train=cfg.n_train, n_test=cfg.n_test,
                              seed=cfg.seed)
     problem = build_problem(cfg, ds)
@@ -122,12 +150,14 @@ def train(cfg: RunConfig, ds=None, backend=None, on_steps: Callable[[int], None]
     out = Path(cfg.out) if cfg.out else None
     ckpt = out / CHECKPOINT if out else None
     progress = {"epoch": 0, "batch": 0, "history": [], "epoch_losses": [], "seconds": 0.0}
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.resume and ckpt.exists():
-            state, meta = load_checkpoint(ckpt)
-            runner.load_state_dict(state)
-            progress.update({k: meta[k] for k in progress})
+    if resuming is not None:
+        state, meta = load_checkpoint(ckpt)
+        runner.load_state_dict(state)
+        progress.update({k: meta[k] for k in progress})
+
+    def save(at: dict) -> None:
+        save_checkpoint(ckpt, runner.state_dict(), {**at, "config": dataclasses.asdict(cfg), "backend": backend.name})
+
     steps_per_epoch = -(-len(ds.y_train) // cfg.batch)
     x_test = datasets.normalize(ds.x_test, ds.mean, ds.std).astype(cfg.dtype, copy=False)
     for epoch in range(progress["epoch"], cfg.epochs):
@@ -141,6 +171,7 @@ def train(cfg: RunConfig, ds=None, backend=None, on_steps: Callable[[int], None]
             it = tqdm(it, total=steps_per_epoch, initial=progress["batch"], leave=False,
                       desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}")
         t0, losses = time.perf_counter(), progress["epoch_losses"]
+        last_save = time.monotonic()
         for xb, yb, i in it:
             if i < progress["batch"]:  # done before the checkpoint this run resumed from
                 continue
@@ -149,10 +180,15 @@ def train(cfg: RunConfig, ds=None, backend=None, on_steps: Callable[[int], None]
                 raise TrainingDiverged(
                     f"{cfg.method}: loss became {loss} at epoch {epoch + 1}, batch {i + 1}; training "
                     f"stopped. Lower 'lr' (now {cfg.lr}) or check the data. "
-                    + (f"The last good checkpoint ({ckpt}) is intact." if ckpt else "No checkpoint was written."))
+                    + (f"{describe_checkpoint(ckpt)}." if ckpt else "No checkpoint was written (no --out)."))
             losses.append(loss[max(loss)])
-            if on_steps:
-                on_steps(1)
+            if on_step:
+                on_step(loss)
+            if ckpt and i + 1 < steps_per_epoch and checkpoint_due(every, epoch * steps_per_epoch + i + 1,
+                                                                   time.monotonic() - last_save):
+                save({**progress, "batch": i + 1, "epoch_losses": losses,
+                      "seconds": progress["seconds"] + time.perf_counter() - t0})
+                last_save = time.monotonic()
         train_seconds = time.perf_counter() - t0
         acc = evaluate(runner, x_test, ds.y_test)
         progress["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "test_acc": acc,
@@ -160,8 +196,7 @@ def train(cfg: RunConfig, ds=None, backend=None, on_steps: Callable[[int], None]
         progress.update(epoch=epoch + 1, batch=0, epoch_losses=[],
                         seconds=progress["seconds"] + time.perf_counter() - t0)
         if ckpt:
-            save_checkpoint(ckpt, runner.state_dict(),
-                            {**progress, "config": dataclasses.asdict(cfg), "backend": backend.name})
+            save(progress)
     history = progress["history"]
     result = {"config": dataclasses.asdict(cfg), "backend": backend.name, "backend_version": backend.version,
               "K": problem.partition.K if cfg.method != "bp" else 1,
@@ -178,12 +213,17 @@ def train(cfg: RunConfig, ds=None, backend=None, on_steps: Callable[[int], None]
 
 def compare(cfg: RunConfig, methods=("bp", "greedy", "backlink"), plot: str | None = None) -> list[dict]:
     """Train each method on the same data, seed and partition; returns their results."""
+    check_run_config(cfg)
+    check_plot_path(plot)
+    runs = [dataclasses.replace(cfg, method=m, out=str(Path(cfg.out) / m) if cfg.out else None) for m in methods]
+    for run in runs:  # every method's folder before the first trains
+        check_run_config(run)
+        prepare_run_folder(run)
     ds = datasets.load(cfg.dataset, root=cfg.data_root, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
     backend = make_backend(cfg.backend, cfg.device)
     results = []
-    for m in methods:
-        run = dataclasses.replace(cfg, method=m, out=str(Path(cfg.out) / m) if cfg.out else None)
-        results.append(train(run, ds, backend))
+    for run in runs:
+        results.append(train(dataclasses.replace(run, overwrite=False), ds, backend))
     if plot:
         from .plots import plot_curves
 

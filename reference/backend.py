@@ -5,7 +5,7 @@ from typing import Mapping
 
 import numpy as np
 
-from backlink.spec import (Batch, Capabilities, Problem, SpecError, StepRecord, UpdateEvent,
+from backlink.spec import (Batch, Capabilities, Problem, SpecError, StepRecord, UpdateEvent, check_values,
                            module_bounds, reach_sets, state_key)
 
 from . import optim, parallel
@@ -43,17 +43,15 @@ class ReferenceRunner:
 
     def __init__(self, problem: Problem, params: Mapping, buffers: Mapping, xp=np, threads: int = 1):
         optim.check_optimizer(problem.optimizer)
+        check_values(problem, params, buffers)
         parallel.check_threads(threads)
         self.problem, self.xp, self.threads = problem, xp, threads
         dtype = np.dtype(problem.dtype)
         self.params = {k: xp.asarray(v, dtype=dtype) for k, v in params.items()}
         self.buffers = {k: xp.asarray(v, dtype=dtype) for k, v in buffers.items()}
         specs = problem.graph.params + tuple(p for h in problem.partition.heads for p in h.params)
-        missing = sorted({p.id for p in specs} - set(self.params))
-        if missing:
-            raise SpecError(f"field 'params' lacks ids {missing[:5]}{'...' if len(missing) > 5 else ''}")
         self.decay = frozenset(p.id for p in specs if p.decay)
-        self.state = optim.init_state(self.params)
+        self.state = optim.init_state(self.params, problem.optimizer)
         self.t = 0
 
     def step(self, batch: Batch) -> StepRecord:
@@ -70,7 +68,7 @@ class ReferenceRunner:
         with parallel.threads(self.threads):
             grads, losses = gradients(p.graph, p.partition, p.method, self.params, self.buffers, x, y,
                                       validated=True)
-        self.params, self.state = optim.sgd(self.params, grads, self.state, p.optimizer, self.t, self.decay)
+        self.params, self.state = optim.step(self.params, grads, self.state, p.optimizer, self.t, self.decay)
         self.t += 1
         return grads, losses
 
@@ -87,15 +85,22 @@ class ReferenceRunner:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         out = {state_key("step"): np.asarray(self.t, dtype=np.int64)}
-        for kind, d in (("param", self.params), ("buffer", self.buffers), ("momentum", self.state)):
+        for kind, d in (("param", self.params), ("buffer", self.buffers)):
             out.update({state_key(kind, k): to_host(v) for k, v in d.items()})
+        for (kind, k), v in optim.state_arrays(self.state, self.problem.optimizer).items():
+            out[state_key(kind, k)] = np.asarray(v, dtype=np.int64) if kind == "adam_n" else to_host(v)
         return out
 
     def load_state_dict(self, state) -> None:
         dtype = np.dtype(self.problem.dtype)
-        for kind, d in (("param", self.params), ("buffer", self.buffers), ("momentum", self.state)):
+        for kind, d in (("param", self.params), ("buffer", self.buffers)):
             for k in d:
                 d[k] = self.xp.asarray(state_entry(state, kind, k, d[k].shape), dtype=dtype)
+
+        def entry(kind, k, shape):
+            a = state_entry(state, kind, k, shape)
+            return a if kind == "adam_n" else self.xp.asarray(a, dtype=dtype)
+        self.state = optim.load_state(entry, self.params, self.problem.optimizer)
         self.t = int(state_entry(state, "step", "", ()))
 
 

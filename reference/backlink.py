@@ -30,7 +30,8 @@ from typing import Callable, Mapping, MutableMapping
 
 import numpy as np
 
-from backlink.spec import INPUT, Graph, Method, Partition, SpecError, module_bounds, tail_bounds, validate
+from backlink.spec import (INPUT, Graph, Method, Partition, SpecError, check_labels, module_bounds,
+                           tail_bounds, validate)
 
 from . import engine
 from .primitives import cross_entropy, cross_entropy_vjp
@@ -67,6 +68,7 @@ def gradients(graph: Graph, partition: Partition, method: Method, params: Mappin
     if x.shape[1:] != tuple(graph.input_shape):
         raise SpecError(f"field 'x' has per-sample shape {x.shape[1:]}, graph {graph.name!r} "
                         f"needs {tuple(graph.input_shape)}")
+    check_labels(y, x.shape[0], graph.num_classes)
     units = graph.units
     bounds = module_bounds(len(units), partition, method)
     K = len(bounds)

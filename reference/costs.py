@@ -200,6 +200,9 @@ def _flat(groups) -> tuple[int, ...]:
 
 def cmd_costs(args) -> int:
     batch = None if args.batch is None else _flat(args.batch)
+    for name, values, low in (("K", _flat(args.K), 1), ("P", _flat(args.P), 0), ("batch", batch or (1,), 1)):
+        if min(values) < low:  # a bad value would only show up as an error row of the table
+            raise SpecError(f"field '{name}' (--{name}) has {min(values)}; every value must be >= {low}")
     rows = cost_rows(args.models, batch, _flat(args.K), _flat(args.P), args.granularity,
                      args.head, args.dtype, args.batches, args.comm, args.input_shape)
     if args.json:

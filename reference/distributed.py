@@ -13,9 +13,18 @@ with the activations, so only rank 0 reads the data.
 
 Faults: a rank that raises prints the error with its rank and tick and calls
 ``MPI.Abort``, which ends every rank; a rank that waits longer than ``timeout_s`` for a
-neighbour does the same, so a dead or stuck rank never hangs the job.
-Checkpoints (one file per rank, written atomically) are taken when the pipeline is
-drained, at the end of a run; ``resume`` continues from them.
+neighbour does the same (in one line: a timeout is not a bug), so a dead or stuck rank
+never hangs the job.
+
+Checkpoints (one file per rank, written atomically, the previous one kept as
+``.prev``) are taken at the end of a run and, with ``checkpoint_every = N``, at every
+tick that feeds batch N, 2N, ... Such a tick is not a drain: each rank saves, after
+receiving the tick's messages, its parameters, optimizer state, stored tail residuals
+and the messages it just received, so ``resume`` continues the very same tick table
+and a resumed run is bit-identical to an uninterrupted one. ``resume`` loads the
+latest tick that every rank saved (a crash while saving leaves one rank a generation
+ahead), and continues feeding at the batch it had reached; a finished run resumed
+with more batches continues from its drained state.
 """
 from __future__ import annotations
 
@@ -29,13 +38,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from backlink.spec import Batch, Problem, SpecError, UpdateEvent
+from backlink.spec import Batch, Problem, SpecError, UpdateEvent, check_values
 from backlink.spec.pipeline import drain_ticks, module_param_ids
 
-from .checkpoint import save_atomic
+from .checkpoint import CheckpointWriteError, pack, save_atomic, unpack
 from .pipeline import Stage, check_problem
 
-__all__ = ["run_distributed", "read_events", "Channel", "CommTimeout", "end_tick", "NO_BATCH"]
+__all__ = ["run_distributed", "read_events", "Channel", "CommTimeout", "end_tick", "NO_BATCH",
+           "checkpoint_paths", "find_checkpoint", "read_meta"]
 
 NO_BATCH = -1
 TAG_FORWARD, TAG_LINK = 10, 20  # +0 header, +1 data
@@ -114,13 +124,47 @@ class Channel:
         _wait(self.requests, self.timeout_s, f"rank {self.peer} to take the last message")
 
 
-def _checkpoint_path(out: Path, rank: int) -> Path:
-    return out / f"checkpoint-rank{rank}.npz"
+def checkpoint_paths(out, rank: int) -> tuple[Path, Path]:
+    """(latest, previous) checkpoint file of ``rank`` in the run folder ``out``."""
+    return Path(out) / f"checkpoint-rank{rank}.npz", Path(out) / f"checkpoint-rank{rank}.prev.npz"
 
 
-def _restore(stage: Stage, path: Path) -> int:
-    if not path.exists():
-        raise FileNotFoundError(f"field 'resume': no checkpoint {path}; run once without --resume first")
+def read_meta(path) -> dict:
+    with np.load(path) as z:
+        return json.loads(str(z["meta"]))
+
+
+def find_checkpoint(out, K: int) -> tuple[int, dict[int, Path]]:
+    """The latest tick for which all ``K`` ranks hold a checkpoint in ``out``: (tick, rank -> file).
+
+    Raises FileNotFoundError (none at all) or SpecError (written by a run with another K,
+    or no tick common to every rank), naming the field to change.
+    """
+    out = Path(out)
+    found = {r: {read_meta(p)["tick"]: p for p in checkpoint_paths(out, r) if p.exists()} for r in range(K)}
+    if not any(found.values()):
+        raise FileNotFoundError(f"field 'resume' (--resume): {out} holds no checkpoint-rank*.npz; "
+                                f"run once without --resume first")
+    metas = [read_meta(p) for ticks in found.values() for p in ticks.values()]
+    others = sorted({m["K"] for m in metas if m.get("K", K) != K})
+    extra = sorted(out.glob("checkpoint-rank*.npz"))
+    ranks = {int(p.name[len("checkpoint-rank"):].split(".")[0]) for p in extra}
+    if others or max(ranks) >= K or not all(found.values()):
+        written = others[0] if others else max(ranks) + 1
+        raise SpecError(f"field 'K' (--K) is {K}, but the checkpoints in {out} were written by a run "
+                        f"with K = {written} modules (one file per rank); resume with --K {written}, "
+                        f"or start a new run folder")
+    common = set.intersection(*(set(t) for t in found.values()))
+    if not common:
+        raise SpecError(f"field 'resume' (--resume): the rank checkpoints in {out} are from different "
+                        f"ticks { {r: sorted(t) for r, t in found.items()} }; no tick is common to every rank")
+    tick = max(common)
+    return tick, {r: found[r][tick] for r in range(K)}
+
+
+def _restore(stage: Stage, path: Path) -> dict:
+    """Load ``stage``'s state from ``path``; return the meta (tick, fed, finished) and the
+    in-flight state: ``inbound`` (the messages this rank had received at that tick)."""
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
         if meta["module"] != stage.k:
@@ -128,15 +172,22 @@ def _restore(stage: Stage, path: Path) -> int:
         for prefix, d in (("p:", stage.params), ("b:", stage.buffers), ("s:", stage.state)):
             for key in d:
                 d[key] = z[prefix + key]
+        inflight = unpack(z, "r:")
     stage.updates = meta["updates"]
-    return meta["tick"]
+    stage.stash = inflight["stash"]
+    meta["inbound"] = inflight["inbound"]
+    return meta
 
 
-def _save_checkpoint(stage: Stage, path: Path, tick: int) -> None:
-    meta = {"module": stage.k, "updates": stage.updates, "tick": tick}
-    arrays = {"meta": np.array(json.dumps(meta))}
+def _save_checkpoint(stage: Stage, out: Path, meta: dict, inbound=None) -> None:
+    """Write this rank's checkpoint; the one it replaces becomes ``.prev`` (see find_checkpoint)."""
+    path, prev = checkpoint_paths(out, stage.k - 1)
+    arrays = {"meta": np.array(json.dumps({"module": stage.k, "K": stage.K, "updates": stage.updates, **meta}))}
     for prefix, d in (("p:", stage.params), ("b:", stage.buffers), ("s:", stage.state)):
         arrays.update({prefix + k: np.asarray(v) for k, v in d.items()})
+    arrays.update(pack({"stash": stage.stash, "inbound": inbound}, "r:"))
+    if path.exists():
+        os.replace(path, prev)
     save_atomic(path, arrays)
 
 
@@ -152,12 +203,15 @@ def end_tick(stage, t: int, own, link, link_out, events: list) -> None:
         events.append(event)
 
 
-def _tick_loop(comm, stage: Stage, data, n_batches: int, n_max: int, t0: int, timeout_s: float,
-               fail_at, where: dict) -> dict:
-    """Run n_batches + drain ticks on this rank; return its events, losses and timings."""
+def _tick_loop(comm, stage: Stage, data, n_batches: int, n_max: int, start: dict, timeout_s: float,
+               fail_at, where: dict, out: Path | None, every: int | None, run_info: dict | None) -> dict:
+    """Feed batches ``start['fed']`` .. n_batches - 1 and drain, from tick ``start['tick']``
+    (with the messages ``start['inbound']`` received at that tick, when resuming mid-run);
+    checkpoint at every tick that feeds a multiple of ``every``. Return events, losses, timings."""
     problem, rank, K = stage.problem, comm.rank, stage.K
     shapes, dtype = problem.graph.shapes, np.dtype(problem.dtype)
-    T = n_batches + drain_ticks(problem)
+    t0, fed0, inbound = start["tick"], start["fed"], start.get("inbound")
+    T = n_batches - fed0 + drain_ticks(problem)
     own_out = stage.units[-1].output
     fwd_in = Channel(comm, rank - 1, TAG_FORWARD, n_max, shapes[stage.input], dtype, True, timeout_s) if rank else None
     fwd_out = Channel(comm, rank + 1, TAG_FORWARD, n_max, shapes[own_out], dtype, True, timeout_s) if rank < K - 1 else None
@@ -175,12 +229,20 @@ def _tick_loop(comm, stage: Stage, data, n_batches: int, n_max: int, t0: int, ti
         more = i + 1 < T  # messages sent at tick t are received at tick t + 1
         w = time.perf_counter()
         if rank == 0:
-            b = data[i] if i < n_batches else None
+            b = data[fed0 + i] if fed0 + i < n_batches else None
             msg = None if b is None else (int(b.id), np.asarray(b.x, dtype), np.asarray(b.y))
+        elif i:
+            msg = fwd_in.receive(repost=more)
         else:
-            msg = fwd_in.receive(repost=more) if i else None
-        link = link_in.receive(repost=more) if (link_in and i) else None
+            msg = inbound["msg"] if inbound else None
+        if i:
+            link = link_in.receive(repost=more) if link_in else None
+        else:
+            link = inbound["link"] if inbound else None
         wait_s += time.perf_counter() - w
+        if out and every and i and fed0 + i < n_batches and (fed0 + i) % every == 0:
+            _save_checkpoint(stage, out, {"tick": t, "fed": fed0 + i, "finished": False, "config": run_info},
+                             {"msg": None if rank == 0 else msg, "link": link})
         own = None
         if msg:
             saved, head_saved, values = stage.forward(msg[0], msg[1], msg[2])
@@ -206,38 +268,53 @@ def _inject(fail_at) -> None:
 
 
 def _abort(comm, rank: int, err: BaseException, tick) -> None:
-    """Report the failure in one write, give mpiexec a moment to forward it, end every rank."""
+    """Report the failure in one write, give mpiexec a moment to forward it, end every rank.
+
+    A timeout or a user mistake (SpecError, a missing file, a failed checkpoint write) is
+    one line; anything else is a bug, shown with its traceback. This process never
+    returns from here: ``MPI_Abort`` may return to the caller under some MPI libraries.
+    """
     at = "" if tick is None else f" at tick {tick}"
     headline = (f"backlink distributed: rank {rank} (module {rank + 1}) failed{at}: "
                 f"{type(err).__name__}: {err}; aborting every rank")
-    sys.stderr.write(f"{headline}\n{traceback.format_exc()}{headline}\n")
+    expected = isinstance(err, (CommTimeout, SpecError, FileNotFoundError, CheckpointWriteError, KeyboardInterrupt))
+    sys.stderr.write(f"{headline}\n" if expected else f"{traceback.format_exc()}{headline}\n")
     sys.stderr.flush()
     time.sleep(0.5)
-    comm.Abort(1)
+    try:
+        comm.Abort(1)
+    finally:
+        os._exit(1)
 
 
 def run_distributed(problem: Problem, data: Sequence[Batch] | None, params: Mapping | None = None,
                     buffers: Mapping | None = None, *, seed: int = 0, out: str | None = None,
-                    resume: bool = False, timeout_s: float = 120.0, fail_at=None, comm=None) -> dict | None:
+                    resume: bool = False, timeout_s: float = 120.0, checkpoint_every: int | None = None,
+                    run_info: dict | None = None, fail_at=None, comm=None) -> dict | None:
     """Train ``problem`` (schedule 'pipelined') on ``data`` with one module per MPI rank.
 
     Call it on every rank of ``mpiexec -n K``. ``data`` (a sequence of :class:`Batch`)
     is read on rank 0 only; other ranks may pass None. ``params``/``buffers``: initial
     values (every rank keeps only its module's); if None, ``init_params(seed)`` on each
     rank. ``out``: folder for ``checkpoint-rank{r}.npz``, ``params.npz`` and
-    ``result.json``. ``fail_at = (rank, tick)`` injects a fault, ``(rank, tick, 'hang')`` a hang (for tests).
-    Returns the gathered result on rank 0 (events, losses, params, timings), None elsewhere.
+    ``result.json``; ``checkpoint_every``: also checkpoint at every tick that feeds batch
+    N, 2N, ... (``run_info``, a JSON-able dict, is stored with it for the resume checks).
+    ``resume``: continue from the latest checkpoint in ``out`` (see :func:`find_checkpoint`).
+    ``fail_at = (rank, tick)`` injects a fault, ``(rank, tick, 'hang')`` a hang (for tests).
+    Returns the gathered result on rank 0 (events, losses, params, timings; ``nothing_left``
+    when a resumed run had already fed every batch), None elsewhere.
     """
     MPI = _mpi()
     comm = comm or MPI.COMM_WORLD
     where = {"tick": None}
     try:
-        return _run(comm, problem, data, params, buffers, seed, out, resume, timeout_s, fail_at, where)
+        return _run(comm, problem, data, params, buffers, seed, out, resume, timeout_s, fail_at, where,
+                    checkpoint_every, run_info)
     except BaseException as err:  # noqa: BLE001 - every failure must end every rank
         _abort(comm, comm.rank, err, where["tick"])
 
 
-def _run(comm, problem, data, params, buffers, seed, out, resume, timeout_s, fail_at, where):
+def _run(comm, problem, data, params, buffers, seed, out, resume, timeout_s, fail_at, where, every, run_info):
     rank, K = comm.rank, len(module_param_ids(problem))
     if comm.size != K:
         raise SpecError(f"the job has {comm.size} MPI ranks but the partition has K = {K} modules; "
@@ -247,22 +324,36 @@ def _run(comm, problem, data, params, buffers, seed, out, resume, timeout_s, fai
 
         params, buffers = init_params(problem.graph, problem.partition, seed, problem.dtype)
     check_problem(problem, params)
+    check_values(problem, params, buffers)
     stage = Stage(problem, rank + 1, params, buffers)
     del params, buffers  # this rank keeps only its module's values
     outdir = Path(out) if out else None
-    t0 = _restore(stage, _checkpoint_path(outdir, rank)) if (resume and outdir) else 0
+    if resume and not outdir:
+        raise SpecError("field 'resume' needs field 'out': the folder that holds the checkpoints")
+    start = {"tick": 0, "fed": 0, "inbound": None}
+    if resume:
+        _, files = find_checkpoint(outdir, K)
+        start = _restore(stage, files[rank])
     meta = (len(data), max((len(b.y) for b in data), default=1)) if rank == 0 else None
     n_batches, n_max = comm.bcast(meta, root=0)
-    comm.Barrier()
-    mine = _tick_loop(comm, stage, data, n_batches, n_max, t0, timeout_s, fail_at, where)
-    where["tick"] = None
+    if start["fed"] >= n_batches and start.get("finished", True):
+        return {"nothing_left": True, "tick": start["tick"], "batches": start["fed"]} if rank == 0 else None
+    if start["fed"] > n_batches:
+        raise SpecError(f"the checkpoint in {outdir} is at batch {start['fed']} of an unfinished run, but this "
+                        f"run has only {n_batches} batches; resume with the original --epochs/--steps or more")
     if outdir:
         outdir.mkdir(parents=True, exist_ok=True)
-        _save_checkpoint(stage, _checkpoint_path(outdir, rank), t0 + mine["ticks"])
+    comm.Barrier()
+    mine = _tick_loop(comm, stage, data, n_batches, n_max, start, timeout_s, fail_at, where, outdir, every,
+                      run_info)
+    where["tick"] = None
+    if outdir:
+        _save_checkpoint(stage, outdir, {"tick": start["tick"] + mine["ticks"], "fed": n_batches,
+                                         "finished": True, "config": run_info})
     gathered = comm.gather({"k": stage.k, "params": stage.params, "buffers": stage.buffers, **mine}, root=0)
     if rank:
         return None
-    return _assemble(gathered, n_batches, sum(len(b.y) for b in data), outdir)
+    return _assemble(gathered, n_batches, sum(len(b.y) for b in data[start["fed"]:]), outdir)
 
 
 def _assemble(parts: list[dict], n_batches: int, n_samples: int, outdir: Path | None) -> dict:

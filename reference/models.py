@@ -234,19 +234,24 @@ def _basic_block(shapes, units, block, x, width, stride, granularity):
     return out
 
 
-def vit(*, input_shape=(28, 28, 1), patch=7, depth=4, width=64, heads=4, mlp_ratio=2, num_classes=10,
+def vit(*, input_shape=(28, 28, 1), patch=None, depth=4, width=64, heads=4, mlp_ratio=2, num_classes=10,
         granularity="block"):
     """Vision Transformer (BL-2.8): patch embedding + learned positional embedding, ``depth``
     pre-norm blocks, then layer norm + mean over tokens + linear.
 
     ``granularity="block"``: one unit per block ``blockI``; ``"layer"``: its halves
     ``blockI.attn`` (x + MHSA(LN(x))) and ``blockI.mlp`` (x + MLP(LN(x))). Parameter ids
-    (``block1.q.w``) do not depend on the granularity. Defaults: 16 tokens of width 64 on
-    28x28 inputs; use ``patch=4`` (or 8) on 32x32.
+    (``block1.q.w``) do not depend on the granularity. ``patch=None``: the largest patch
+    side dividing H and W that leaves at least 16 tokens (7 on 28x28, 8 on 32x32; pass
+    ``patch=4`` for 49 or 64 tokens).
     """
     if granularity not in GRANULARITIES:
         raise SpecError(f"field 'granularity' = {granularity!r}; allowed: {', '.join(GRANULARITIES)}")
     shape, ncls = _check_shape(input_shape, True), _check_classes(num_classes)
+    if patch is None:
+        h, w = shape[:2]
+        patch = max(p for p in range(1, min(h, w) + 1)
+                    if h % p == 0 and w % p == 0 and (h // p) * (w // p) >= min(16, h * w))
     patch, depth, width, heads, ratio = (_positive_ints(name, (v,), 1, 1)[0] for name, v in (
         ("patch", patch), ("depth", depth), ("width", width), ("heads", heads), ("mlp_ratio", mlp_ratio)))
     if width % heads:

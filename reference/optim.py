@@ -4,27 +4,18 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from backlink.spec import LRSchedule, Optimizer, SpecError
+from backlink.spec import LR_SCHEDULES, LRSchedule, Optimizer, SpecError
 
-__all__ = ["lr_at", "sgd", "init_state", "check_optimizer"]
+__all__ = ["lr_at", "sgd", "adamw", "step", "init_state", "check_optimizer", "state_arrays", "load_state"]
 
-SCHEDULE_KINDS = ("constant", "step", "cosine")
+SCHEDULE_KINDS = LR_SCHEDULES
 
 
 def check_optimizer(opt: Optimizer) -> None:
-    s = opt.schedule
-    if s.kind not in SCHEDULE_KINDS:
-        raise SpecError(f"field 'schedule.kind' is {s.kind!r}; allowed: {', '.join(SCHEDULE_KINDS)}")
-    for name, v in (("lr", opt.lr), ("momentum", opt.momentum), ("weight_decay", opt.weight_decay)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise SpecError(f"field 'optimizer.{name}' is {v!r}; it must be a finite number >= 0")
-    if opt.nesterov and opt.momentum == 0:
-        raise SpecError("field 'optimizer.nesterov' is True with momentum 0; Nesterov needs momentum > 0")
-    if s.kind == "step" and s.step_size < 1:
-        raise SpecError(f"field 'schedule.step_size' is {s.step_size}; it must be >= 1")
-    if s.kind == "cosine" and not 0 <= s.warmup < s.total:
-        raise SpecError(f"fields 'schedule.warmup' = {s.warmup}, 'schedule.total' = {s.total}: "
-                        f"need 0 <= warmup < total")
+    """BL-4.3.3 / BL-4.4: the spec's own validator (kept under this name for callers)."""
+    if not isinstance(opt, Optimizer):
+        raise SpecError(f"field 'optimizer' is {opt!r}; it must be a backlink.spec.Optimizer")
+    opt.validate()
 
 
 def lr_at(base: float, s: LRSchedule, t: int) -> float:
@@ -45,9 +36,37 @@ def lr_at(base: float, s: LRSchedule, t: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def init_state(params: Mapping) -> dict:
-    """Momentum buffers, all zero."""
+def init_state(params: Mapping, opt: Optimizer | None = None) -> dict:
+    """SGD: momentum buffers, all zero. AdamW: (m, v, n) per parameter, zeros and count 0."""
+    if opt is not None and opt.kind == "adamw":
+        return {k: (0 * v, 0 * v, 0) for k, v in params.items()}
     return {k: 0 * v for k, v in params.items()}
+
+
+def step(params: Mapping, grads: Mapping, state: Mapping, opt: Optimizer, t: int,
+         decay: frozenset[str]) -> tuple[dict, dict]:
+    """One update with the optimizer ``opt.kind`` names (BL-4.3 SGD, BL-4.7 AdamW)."""
+    return (adamw if opt.kind == "adamw" else sgd)(params, grads, state, opt, t, decay)
+
+
+def adamw(params: Mapping, grads: Mapping, state: Mapping, opt: Optimizer, t: int,
+          decay: frozenset[str]) -> tuple[dict, dict]:
+    """BL-4.7: one AdamW step (Loshchilov and Hutter 2019, PyTorch's ``AdamW`` semantics).
+
+    ``state[k]`` is (m, v, n): first and second moments and the number of updates the
+    parameter has had. Bias correction uses n (this update included), so a parameter
+    that gets no gradient at a step keeps its count; the learning rate uses ``t``.
+    """
+    lr, (b1, b2) = lr_at(opt.lr, opt.schedule, t), opt.betas
+    params, state = dict(params), dict(state)
+    for k, g in grads.items():
+        m, v, n = state[k]
+        m, v, n = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * (g * g), n + 1
+        theta = params[k] * (1 - lr * opt.weight_decay) if k in decay else params[k]  # decoupled decay
+        vhat = v / (1 - b2 ** n)
+        params[k] = theta - lr * (m / (1 - b1 ** n)) / (vhat ** 0.5 + opt.eps)
+        state[k] = (m, v, n)
+    return params, state
 
 
 def sgd(params: Mapping, grads: Mapping, state: Mapping, opt: Optimizer, t: int,
@@ -66,3 +85,22 @@ def sgd(params: Mapping, grads: Mapping, state: Mapping, opt: Optimizer, t: int,
             d = d + opt.momentum * state[k] if opt.nesterov else state[k]
         params[k] = params[k] - lr * d
     return params, state
+
+
+def state_arrays(state: Mapping, opt: Optimizer) -> dict:
+    """BL-6.5.2 entries of the optimizer state: {(kind, id): array}. SGD: 'momentum';
+    AdamW: 'momentum' (m), 'adam_v' (v) and 'adam_n' (the update count, 0-d int64)."""
+    if opt.kind != "adamw":
+        return {("momentum", k): v for k, v in state.items()}
+    out = {}
+    for k, (m, v, n) in state.items():
+        out.update({("momentum", k): m, ("adam_v", k): v, ("adam_n", k): n})
+    return out
+
+
+def load_state(entry, params: Mapping, opt: Optimizer) -> dict:
+    """The inverse of :func:`state_arrays`: ``entry(kind, id, shape)`` reads one array."""
+    if opt.kind != "adamw":
+        return {k: entry("momentum", k, p.shape) for k, p in params.items()}
+    return {k: (entry("momentum", k, p.shape), entry("adam_v", k, p.shape), int(entry("adam_n", k, ())))
+            for k, p in params.items()}

@@ -19,7 +19,8 @@ from typing import Mapping
 
 import numpy as np
 
-from backlink.spec import INPUT, Batch, Problem, SpecError, StepRecord, UpdateEvent, module_bounds
+from backlink.spec import (INPUT, Batch, Problem, SpecError, StepRecord, UpdateEvent, check_labels, check_values,
+                           module_bounds)
 from backlink.spec.pipeline import link_param_ids, module_param_ids, validate_pipelined
 
 from . import engine, optim
@@ -99,7 +100,7 @@ class Stage:
         self.buffers = {s: xp.asarray(buffers[s], dtype=dtype) for s in own_buffers}
         self.decay = frozenset(s.id for u in (*self.units, *([self.head] if self.head else ()))
                                for s in u.params if s.decay)
-        self.state = optim.init_state(self.params)
+        self.state = optim.init_state(self.params, problem.optimizer)
         self.updates = 0   # BL-4.2.8: the optimizer step counter is the number of updates made
         self.stash: dict[int, dict] = {}
         self.last_grads: dict = {}
@@ -163,8 +164,8 @@ class Stage:
         if own is None and link is None:
             return None
         grads = summed_terms(own, link)
-        self.params, self.state = optim.sgd(self.params, grads, self.state, self.problem.optimizer,
-                                            self.updates, self.decay)
+        self.params, self.state = optim.step(self.params, grads, self.state, self.problem.optimizer,
+                                             self.updates, self.decay)
         self.updates += 1
         self.last_grads = grads
         return update_event(tick, self.k, self.param_ids, own, link, grads)
@@ -177,6 +178,7 @@ class PipelinedRunner:
 
     def __init__(self, problem: Problem, params: Mapping, buffers: Mapping, xp=np):
         check_problem(problem, params)
+        check_values(problem, params, buffers)
         self.problem, self.xp = problem, xp
         K = len(module_param_ids(problem))
         self.stages = [self.stage_class(problem, k, params, buffers, xp) for k in range(1, K + 1)]
@@ -201,6 +203,7 @@ class PipelinedRunner:
             raise SpecError(f"field 'x' has per-sample shape {x.shape[1:]}, graph {p.graph.name!r} "
                             f"needs {tuple(p.graph.input_shape)}")
         check_finite("input batch", x)
+        check_labels(batch.y, x.shape[0], p.graph.num_classes)
         return (int(batch.id), x, self.xp.asarray(batch.y))
 
     def deliver_links(self, sent: list) -> list:

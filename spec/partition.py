@@ -7,6 +7,8 @@ k; loss K is CE(logits, y).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,7 +39,8 @@ class Method:
 
     ``link_length`` is P, counted in units (BL-3.4); ``beta`` scales the linked
     terms; ``loss_weights`` are w_1..w_K (default all 1); ``allow_cross_module``
-    lets a tail reach past the previous module (BL-3.5).
+    lets a tail reach past the previous module (BL-3.5). ``beta`` and every loss
+    weight must be a finite number >= 0 (BL-3.3); 0 is allowed and removes the term.
     """
 
     kind: Literal["bp", "greedy", "backlink"] = "backlink"
@@ -112,6 +115,7 @@ def validate(graph: Graph, partition: Partition, method: Method) -> None:
             raise SpecError(f"field 'cuts[{i}]' = {c}: more than one activation crosses the boundary "
                             f"after unit {graph.units[c - 1].name!r} ({crossing}); a cut must fall where "
                             f"exactly one activation crosses. Valid cuts: {list(allowed)}")
+    _check_weights(method)
     if method.kind == "bp":
         return
     if len(partition.heads) != len(cuts):
@@ -143,6 +147,26 @@ def validate(graph: Graph, partition: Partition, method: Method) -> None:
             raise SpecError(f"field 'link_length' = {P} is longer than module {k}, which has "
                             f"{sizes[k - 1]} units; use link_length <= {min(sizes[:-1])}, or set "
                             f"allow_cross_module=True to let tails reach earlier modules (BL-3.5)")
+
+
+def _finite_nonnegative(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _check_weights(method: Method) -> None:
+    """BL-3.3: beta and the loss weights are finite numbers >= 0 (0 is allowed: no term)."""
+    if not _finite_nonnegative(method.beta):
+        raise SpecError(f"field 'beta' = {method.beta!r}; it must be a finite number >= 0 "
+                        f"(0 turns the link terms off; default 1)")
+    w = method.loss_weights
+    if w is None:
+        return
+    if not isinstance(w, (tuple, list)):
+        raise SpecError(f"field 'loss_weights' = {w!r}; give a tuple of K numbers (one per loss), or None")
+    bad = [i for i, v in enumerate(w) if not _finite_nonnegative(v)]
+    if bad:
+        raise SpecError(f"field 'loss_weights[{bad[0]}]' = {w[bad[0]]!r}; loss weights must be finite "
+                        f"numbers >= 0 (0 leaves that loss out)")
 
 
 def reach_sets(graph: Graph, partition: Partition, method: Method) -> tuple[Reach, ...]:

@@ -12,9 +12,10 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from .config import Problem, UpdateEvent
+from .graph import SpecError
 
 __all__ = ["Capabilities", "Batch", "StepRecord", "Runner", "Backend", "LeanRunner", "LEAN_METHODS",
-           "lean_missing", "state_key"]
+           "lean_missing", "state_key", "check_labels", "check_values"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,41 @@ class Batch:
     x: np.ndarray
     y: np.ndarray
     id: int
+
+
+def check_labels(y, n: int, num_classes: int) -> None:
+    """BL-2.9.2: ``y`` must hold ``n`` integer labels in ``[0, num_classes)`` (1-D).
+
+    Works on NumPy and CuPy arrays (reads ``dtype``, ``shape``, ``min``, ``max``): a
+    float, boolean or one-hot ``y`` would otherwise be cast or broadcast silently, and
+    a label out of range would index another class's logit (or raise deep inside).
+    """
+    if not hasattr(y, "dtype"):
+        y = np.asarray(y)
+    dtype, shape = np.dtype(y.dtype), tuple(y.shape)
+    if dtype.kind not in "iu":
+        raise SpecError(f"field 'y' has dtype {dtype}; labels must be integers (class indices "
+                        f"0..{num_classes - 1}), not {'booleans' if dtype.kind == 'b' else 'floats or one-hot rows'}")
+    if shape != (n,):
+        raise SpecError(f"field 'y' has shape {shape}; the batch has {n} rows of x, so y needs shape ({n},)")
+    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise SpecError(f"field 'y' holds labels {int(y.min())}..{int(y.max())}; the graph has "
+                        f"{num_classes} classes, so labels must lie in 0..{num_classes - 1}")
+
+
+def check_values(problem: Problem, params: Mapping, buffers: Mapping) -> None:
+    """BL-6.1.2: one array of the declared shape per parameter and buffer id (trunk and heads)."""
+    units = tuple(problem.graph.units) + tuple(problem.partition.heads)
+    for field_name, given, specs in (("params", params, [a for u in units for a in u.params]),
+                                     ("buffers", buffers, [a for u in units for a in u.buffers])):
+        missing = [a.id for a in specs if a.id not in given]
+        if missing:
+            raise SpecError(f"field '{field_name}' lacks ids {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        for a in specs:
+            shape = tuple(np.shape(given[a.id]))
+            if shape != tuple(a.shape):
+                raise SpecError(f"field '{field_name}[{a.id!r}]' has shape {shape}; the graph declares "
+                                f"{tuple(a.shape)}")
 
 
 @dataclass
@@ -76,13 +112,18 @@ def state_key(kind: str, id: str = "") -> str:
     """BL-6.5.2: the key of one entry of ``Runner.state_dict()``.
 
     ``kind`` is 'param', 'buffer' or 'momentum' (then ``id`` is a spec id: 'param/u1.conv.w'),
-    or 'step' (the number of completed steps, a 0-d int64 array; no id).
+    or 'step' (the number of completed steps, a 0-d int64 array; no id). With AdamW
+    (BL-4.7) 'momentum' holds the first moment m, 'adam_v' the second moment v and
+    'adam_n' the parameter's update count n (a 0-d int64 array).
     """
     if kind == "step":
         return "step"
-    if kind not in ("param", "buffer", "momentum"):
-        raise ValueError(f"state kind {kind!r}; allowed: param, buffer, momentum, step")
+    if kind not in STATE_KINDS:
+        raise ValueError(f"state kind {kind!r}; allowed: {', '.join(STATE_KINDS)}, step")
     return f"{kind}/{id}"
+
+
+STATE_KINDS = ("param", "buffer", "momentum", "adam_v", "adam_n")
 
 
 @runtime_checkable

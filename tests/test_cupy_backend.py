@@ -81,15 +81,19 @@ def test_cli_backend_cupy_without_gpu_is_a_clear_error(capsys):
     assert "--backend cupy" in err and "--backend numpy" in err
 
 
-def test_cli_backend_names_map_to_devices():
-    from backlink.experiments.cli import build_parser
+def test_cli_backend_names_map_to_backends(capsys):
+    from backlink.experiments.backends import make_backend
+    from backlink.experiments.cli import build_parser, main
+    from backlink.reference.backend import ReferenceBackend
 
     parse = build_parser().parse_args
-    assert parse(["train"]).device == "cpu"
-    assert parse(["train", "--backend", "cupy"]).device == "cuda"
-    assert parse(["train", "--backend", "numpy"]).device == "cpu"
-    with pytest.raises(SystemExit):
-        parse(["train", "--backend", "jax"])
+    assert parse(["train"]).backend == "numpy" and parse(["train"]).device is None
+    assert parse(["train", "--backend", "cupy"]).backend == "cupy"
+    numpy_backend = make_backend("numpy")
+    assert type(numpy_backend) is ReferenceBackend and numpy_backend.xp is np
+    assert main(["train", "--backend", "jax", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "'jax'" in err and "numpy, cupy, torch" in err
 
 
 @gpu
@@ -99,7 +103,7 @@ def test_train_on_cupy_gives_the_cpu_results():
 
     cfg = RunConfig(model="cnn", dataset="digits", n_train=256, n_test=128, epochs=2, batch=64, K=2,
                     method="backlink", dtype="float64", progress=False)
-    cpu, gpu_run = train(cfg), train(dataclasses.replace(cfg, device="cuda"))
+    cpu, gpu_run = train(cfg), train(dataclasses.replace(cfg, backend="cupy"))
     assert gpu_run["peak_activation_bytes"] == cpu["peak_activation_bytes"]
     for a, b in zip(cpu["history"], gpu_run["history"]):
         assert a["test_acc"] == b["test_acc"]

@@ -35,15 +35,17 @@ def mpirun(n, argv, timeout=120):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def single_process(argv, repeats=1):
-    """The same run in one process: feed the batches and drain, ``repeats`` times."""
+def single_process(argv, segments=None):
+    """The same run in one process: feed the batches and drain; ``segments`` (batch counts)
+    drains after each segment, as a finished run that is resumed with more batches does.
+    Returns the events of the last segment (what a resumed run records) and the values."""
     problem, params, buffers, batches = setup(build_parser().parse_args(argv))
     runner = PipelinedRunner(problem, params, buffers)
-    record = None
-    for _ in range(repeats):  # a resumed run records only its own events: keep the last repeat's
+    record, edges = None, [0, *(segments or [len(batches)])]
+    for a, b in zip(edges[:-1], edges[1:]):
         events = []
-        for b in list(batches) + [None] * drain_ticks(problem):
-            record = runner.step(b)
+        for batch in list(batches[a:b]) + [None] * drain_ticks(problem):
+            record = runner.step(batch)
             events += record.events
     return events, record.params, record.buffers
 
@@ -53,10 +55,10 @@ def load_npz(path):
         return {k[2:]: z[k] for k in z.files if k.startswith("p:")}
 
 
-def check_same(out: Path, argv, repeats=1):
+def check_same(out: Path, argv, segments=None):
     from backlink.reference.distributed import read_events
 
-    events, params, _ = single_process(argv, repeats)
+    events, params, _ = single_process(argv, segments)
     assert read_events(out / "result.json") == events, "BL-4.2.4: MPI events differ from the tick table run"
     got = load_npz(out / "params.npz")
     rtol, atol = tolerance("float64", "steps")
@@ -77,12 +79,40 @@ def test_mpi_matches_single_process(tmp_path, n, method):
         [f"checkpoint-rank{r}.npz" for r in range(n)]
 
 
-def test_mpi_resume_continues_the_same_run(tmp_path):
-    argv = BASE + ["--K", "2", "--method", "backlink", "--steps", "4", "--out", str(tmp_path)]
-    assert mpirun(2, argv).returncode == 0
-    proc = mpirun(2, argv + ["--resume"])
+def test_mpi_finished_run_resumed_with_more_steps_continues_from_its_drained_state(tmp_path):
+    argv = BASE + ["--K", "2", "--method", "backlink", "--out", str(tmp_path)]
+    assert mpirun(2, argv + ["--steps", "4"]).returncode == 0
+    proc = mpirun(2, argv + ["--steps", "6", "--resume"])
     assert proc.returncode == 0, proc.stderr
-    check_same(tmp_path, argv, repeats=2)
+    check_same(tmp_path, argv + ["--steps", "6"], segments=[4, 6])
+
+
+def test_mpi_resumed_run_with_nothing_left_reports_the_original_figures(tmp_path):
+    argv = BASE + ["--K", "2", "--steps", "3", "--out", str(tmp_path)]
+    first = mpirun(2, argv)
+    assert first.returncode == 0, first.stderr
+    again = mpirun(2, argv + ["--resume"])
+    assert again.returncode == 0, again.stderr
+    assert "nothing left to do" in again.stdout and "all 3 batches" in again.stdout, again.stdout
+    last = first.stdout.split("last loss per module ")[1].split(";")[0]
+    assert last in again.stdout, (last, again.stdout)
+    check_same(tmp_path, argv)  # the folder still holds the first run's results
+
+
+@pytest.mark.parametrize("every,fault", [("2", "1:5"), ("3", "0:4")])
+def test_mpi_mid_run_checkpoint_resume_is_bit_identical(tmp_path, every, fault):
+    """Checkpoints every N batches hold the stored tails and the messages in flight:
+    a run killed after one and resumed ends with the uninterrupted run's exact values."""
+    argv = BASE + ["--K", "3", "--method", "backlink", "--P", "1", "--checkpoint-every", every]
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    assert mpirun(3, argv + ["--out", str(full)]).returncode == 0
+    proc = mpirun(3, argv + ["--out", str(crashed), "--inject-fault", fault])
+    assert proc.returncode != 0 and "injected fault" in proc.stderr
+    assert not list(crashed.glob("*.tmp"))
+    proc = mpirun(3, argv + ["--out", str(crashed), "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    a, b = load_npz(full / "params.npz"), load_npz(crashed / "params.npz")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "resume is not bit-identical"
 
 
 @pytest.mark.parametrize("n,fault", [(2, "1:3"), (3, "1:2"), (3, "0:0")])
@@ -105,6 +135,8 @@ def test_hanging_rank_times_out(tmp_path):
     assert time.monotonic() - start < 30
     assert "rank 0 (module 1) failed at tick" in proc.stderr
     assert "CommTimeout: no progress for 3 s" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr  # a timeout is one line, nothing after it
+    assert proc.stderr.count("failed at tick") == 1, proc.stderr
 
 
 def test_wrong_number_of_ranks_is_named():
@@ -121,3 +153,78 @@ def test_launcher_runs_mpiexec(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "on 2 ranks" in proc.stdout
     check_same(tmp_path, argv)
+
+
+def launcher(argv, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "backlink.experiments.mpi_runner", *argv],
+                          capture_output=True, text=True, timeout=120, env=env, **kw)
+
+
+def test_resume_with_another_K_is_refused_before_spawning(tmp_path):
+    argv = BASE + ["--steps", "2", "--out", str(tmp_path)]
+    assert mpirun(2, argv + ["--K", "2"]).returncode == 0
+    proc = launcher(argv + ["--K", "3", "--resume"])
+    assert proc.returncode == 2, proc.stderr
+    assert "field 'K' (--K) is 3" in proc.stderr and "K = 2" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_with_another_configuration_lists_the_differences(tmp_path):
+    argv = BASE + ["--K", "2", "--steps", "2", "--out", str(tmp_path)]
+    assert mpirun(2, argv).returncode == 0
+    proc = launcher(argv + ["--lr", "0.2", "--seed", "3", "--resume"])
+    assert proc.returncode == 2, proc.stderr
+    for text in ("lr: checkpoint 0.05, now 0.2", "seed: checkpoint 0, now 3", "may change on resume: checkpoint_every, epochs, steps, timeout"):
+        assert text in proc.stderr, proc.stderr
+
+
+def test_a_run_folder_is_not_overwritten_unless_asked(tmp_path):
+    argv = BASE + ["--K", "2", "--steps", "2", "--out", str(tmp_path)]
+    assert mpirun(2, argv).returncode == 0
+    proc = launcher(argv)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr, proc.stderr
+    assert launcher(argv + ["--overwrite"]).returncode == 0
+
+
+def test_mpiexec_comes_from_the_environment_not_the_interpreter_realpath(tmp_path, monkeypatch):
+    from backlink.experiments import mpi_runner
+
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)
+    monkeypatch.setattr(mpi_runner.sys, "executable", str(venv_bin / "python"))
+    path_bin = tmp_path / "path-bin"
+    path_bin.mkdir()
+    (path_bin / "mpiexec").write_text("#!/bin/sh\n")
+    (path_bin / "mpiexec").chmod(0o755)
+    monkeypatch.setenv("PATH", str(path_bin))
+    assert mpiexec_path() == str(path_bin / "mpiexec")  # PATH, not realpath(python)/mpiexec
+    (venv_bin / "mpiexec").write_text("#!/bin/sh\n")
+    (venv_bin / "mpiexec").chmod(0o755)
+    assert mpiexec_path() == str(venv_bin / "mpiexec")  # the venv's own bin first
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_killing_the_launcher_ends_its_ranks(tmp_path, sig):
+    import signal
+
+    marker = str(tmp_path / f"kill-{sig}")
+    argv = BASE + ["--K", "2", "--steps", "8", "--timeout", "100", "--inject-fault", "1:2:hang", "--out", marker]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "backlink.experiments.mpi_runner", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def ranks():
+        out = subprocess.run(["pgrep", "-f", f"mpi_runner rank .*{marker}"], capture_output=True, text=True)
+        return out.stdout.split()
+    deadline = time.monotonic() + 60
+    while len(ranks()) < 3 and time.monotonic() < deadline:  # mpiexec's command line matches too
+        time.sleep(0.2)
+    assert len(ranks()) == 3, "the ranks did not start"
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while ranks() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ranks(), f"ranks {ranks()} survived the launcher's {sig}"

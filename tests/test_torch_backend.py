@@ -345,3 +345,59 @@ def test_api_rejects_a_trunk_without_2d_logits():
     x, _ = _data()
     with pytest.raises(ValueError, match="2-D logits"):
         BackLink(list(_units())[:-1], K=2, example_input=x)
+
+
+def _inplace_units(seed=0):
+    """Every unit after the first starts with an in-place ReLU, as torchvision blocks do."""
+    torch.manual_seed(seed)
+    conv = lambda cin, cout, stride=1: nn.Sequential(  # noqa: E731
+        nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
+    return nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.BatchNorm2d(4)), conv(4, 4), conv(4, 6, 2),
+                         conv(6, 6), conv(6, 6),
+                         nn.Sequential(nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                       nn.Linear(6, 5))).double()
+
+
+@pytest.mark.parametrize("kw", [dict(method="backlink", K=3, link_length=1),
+                                dict(method="backlink", cuts=(2, 4), link_length=2, beta=0.4)], ids=["P1", "P2"])
+def test_api_inplace_relu_at_module_and_tail_boundaries_matches_plain_autograd(kw):
+    x, y = _data()
+    net = BackLink(_inplace_units(), example_input=x, **kw)
+    assert net._inplace_input == {1, 2, 3, 4, 5}
+    want = _masked_autograd(net, x, y)
+    net.backward_step(x, y)
+    for i, (p, w) in enumerate(zip(net.parameters(), want)):
+        torch.testing.assert_close(p.grad, w, rtol=1e-10, atol=1e-12, msg=f"{kw}: parameter {i}")
+
+
+def test_api_allow_cross_module_tail_spans_earlier_modules():
+    """BL-3.5: P = 3 over modules of 2 units: loss 3's tail reaches into module 1."""
+    x, y = _data()
+    kw = dict(cuts=(2, 4), link_length=3)
+    with pytest.raises(ValueError, match="allow_cross_module"):
+        BackLink(_units(), example_input=x, **kw)
+    net = BackLink(_units(), example_input=x, allow_cross_module=True, **kw)
+    want = _masked_autograd(net, x, y)
+    net.backward_step(x, y)
+    for i, (p, w) in enumerate(zip(net.parameters(), want)):
+        torch.testing.assert_close(p.grad, w, rtol=1e-10, atol=1e-12, msg=f"parameter {i}")
+
+
+def test_api_beta_zero_runs_no_tail_pass_and_equals_greedy():
+    x, y = _data()
+    zero = BackLink(_units(), K=3, link_length=1, beta=0.0, example_input=x)
+    greedy = BackLink(_units(), K=3, method="greedy", example_input=x)
+    assert zero.plan.walks == greedy.plan.walks  # no tail segment in any loss's backward walk
+    zero.backward_step(x, y)
+    greedy.backward_step(x, y)
+    for p, q in zip(zero.parameters(), greedy.parameters()):
+        assert torch.equal(p.grad, q.grad)
+
+
+@pytest.mark.parametrize("kw, field", [(dict(method="bp", loss_weights=(1.0, 2.0)), "loss_weights"),
+                                       (dict(method="greedy", K=3, link_length=2), "link_length"),
+                                       (dict(method="greedy", K=3, beta=0.5), "beta")])
+def test_api_arguments_the_method_ignores_warn(kw, field):
+    x, _ = _data()
+    with pytest.warns(UserWarning, match=f"field '{field}' .* is ignored by method"):
+        BackLink(_units(), example_input=x, **kw)

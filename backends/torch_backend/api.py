@@ -14,10 +14,13 @@ auxiliary head, and :meth:`BackLink.backward_step` leaves on every parameter the
 
 Like ``loss.backward()``, gradients are added to ``.grad``; modules run in whatever
 train/eval mode they are in, and batch-norm statistics are updated once per step.
+A unit may start with an in-place op (``nn.ReLU(inplace=True)``) as in plain PyTorch.
+Parameters belong to one unit or head each (BL-2.1.5): shared ones are refused.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -84,24 +87,76 @@ def _resolve_cuts(cuts, K, n: int, method: str) -> tuple[int, ...]:
     return cuts
 
 
-def _check_method(method, link_length, beta, loss_weights, K, bounds) -> None:
-    if method not in METHODS:
-        raise ValueError(f"field 'method' is {method!r}; allowed: {', '.join(METHODS)}")
+def _finite_nonnegative(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _check_method(method, link_length, beta, loss_weights, K, bounds, allow_cross_module) -> None:
     if not isinstance(link_length, int) or isinstance(link_length, bool) or link_length < 0:
         raise ValueError(f"field 'link_length' = {link_length!r}; it must be an integer >= 0 (0 is greedy)")
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta)):
-        raise ValueError(f"field 'beta' = {beta!r}; it must be a finite number")
+    if not _finite_nonnegative(beta):
+        raise ValueError(f"field 'beta' = {beta!r}; it must be a finite number >= 0 (0: no link terms)")
     if loss_weights is not None:
+        if isinstance(loss_weights, (str, bytes)) or not hasattr(loss_weights, "__len__"):
+            raise ValueError(f"field 'loss_weights' = {loss_weights!r}; give a sequence of K = {K} numbers")
         if len(loss_weights) != K:
             raise ValueError(f"field 'loss_weights' has {len(loss_weights)} entries; K = {K} needs {K}")
-        if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in loss_weights):
-            raise ValueError(f"field 'loss_weights' = {list(loss_weights)}; entries must be finite numbers")
-    if method == "backlink" and K > 1:
+        bad = [i for i, w in enumerate(loss_weights) if not _finite_nonnegative(w)]
+        if bad:
+            raise ValueError(f"field 'loss_weights[{bad[0]}]' = {loss_weights[bad[0]]!r}; loss weights "
+                             f"must be finite numbers >= 0 (BL-3.3)")
+    if method == "backlink" and K > 1 and not allow_cross_module:
         sizes = [b - a for a, b in bounds[:-1]]
         if link_length > min(sizes):
             k = sizes.index(min(sizes)) + 1
             raise ValueError(f"field 'link_length' = {link_length} is longer than module {k}, which has "
-                             f"{sizes[k - 1]} units; use link_length <= {min(sizes)}")
+                             f"{sizes[k - 1]} units; use link_length <= {min(sizes)}, or set "
+                             f"allow_cross_module=True to let tails reach earlier modules (BL-3.5)")
+
+
+def _warn_ignored(method: str, given: dict) -> None:
+    """BL-3.3: BP ignores P, beta and the loss weights; greedy ignores P and beta. Say so."""
+    ignored = {"bp": ("link_length", "beta", "loss_weights", "allow_cross_module"),
+               "greedy": ("link_length", "beta", "allow_cross_module")}.get(method, ())
+    for name in ignored:
+        value = given[name]
+        if value is None or (name == "link_length" and value == 0) or (name == "allow_cross_module" and not value):
+            continue
+        warnings.warn(f"field {name!r} = {value!r} is ignored by method {method!r} (BL-3.3); "
+                      f"drop it, or use method='backlink'", UserWarning, stacklevel=3)
+
+
+def _check_shared(owners: dict, module: nn.Module, name: str) -> None:
+    """BL-2.1.5: a parameter belongs to exactly one unit or head; ``owners`` maps id -> name."""
+    for pname, p in module.named_parameters():
+        other = owners.setdefault(id(p), f"{name} ({pname})")
+        if not other.startswith(f"{name} "):
+            raise ValueError(f"{name} shares parameter {pname!r} with {other}: every parameter must "
+                             f"belong to one unit or head (BL-2.1.5), or its gradient would be summed "
+                             f"from two reach sets; give each its own copy (copy.deepcopy)")
+
+
+def _tensor_out(h, i: int) -> torch.Tensor:
+    if not isinstance(h, torch.Tensor):
+        raise ValueError(f"field 'units[{i}]' returned a {type(h).__name__}, not a tensor: every unit maps one "
+                         f"tensor to one tensor; wrap it so that it returns the activation the next unit reads")
+    return h
+
+
+def _check_labels(y, n: int, classes: int | None) -> None:
+    """BL-3.2.2: y holds n integer class indices in [0, classes)."""
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"field 'y' is a {type(y).__name__}; give a torch tensor of class indices")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(f"field 'y' has dtype {y.dtype}; labels must be integer class indices "
+                         f"(not one-hot rows or probabilities)")
+    if tuple(y.shape) != (n,):
+        raise ValueError(f"field 'y' has shape {tuple(y.shape)}; the batch has {n} rows, so y needs shape ({n},)")
+    if classes is not None and n:
+        lo, hi = (int(v) for v in torch.aminmax(y))
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"field 'y' holds labels {lo}..{hi}; the logits have {classes} classes, "
+                             f"so labels must lie in 0..{classes - 1}")
 
 
 class BackLink(nn.Module):
@@ -112,34 +167,52 @@ class BackLink(nn.Module):
     example module output; ``"linear"`` is global-average-pool + linear. Heads are
     built from ``example_input`` (or the first batch, or :meth:`build`); build them
     before handing :meth:`parameters` to an optimizer. ``link_length`` is P (units of
-    module k-1 that loss k reaches), ``beta`` its weight, ``loss_weights`` w_1..w_K.
+    module k-1 that loss k reaches; default 1), ``beta`` its weight (default 1; 0 runs no
+    tail pass), ``loss_weights`` w_1..w_K; ``allow_cross_module`` lets P exceed a module
+    (BL-3.5: the tail then spans earlier modules, never their heads). Arguments the
+    method ignores (P and beta under greedy, those and the loss weights under BP) warn.
     """
 
     def __init__(self, units: Sequence[nn.Module] | nn.Sequential, *, cuts=None, K=None,
-                 head_factory: HeadFactory | str = "linear", link_length: int = 1, beta: float = 1.0,
-                 method: str = "backlink", loss_weights: Sequence[float] | None = None,
+                 head_factory: HeadFactory | str = "linear", link_length: int | None = None,
+                 beta: float | None = None, method: str = "backlink",
+                 loss_weights: Sequence[float] | None = None, allow_cross_module: bool = False,
                  example_input: torch.Tensor | None = None):
         super().__init__()
         self.trunk = nn.ModuleList(_units(units))
         n = len(self.trunk)
         if method not in METHODS:
             raise ValueError(f"field 'method' is {method!r}; allowed: {', '.join(METHODS)}")
+        _warn_ignored(method, dict(link_length=link_length, beta=beta, loss_weights=loss_weights,
+                                   allow_cross_module=allow_cross_module))
+        link_length = 1 if link_length is None else link_length
+        beta = 1.0 if beta is None else beta
+        owners: dict = {}
+        for i, u in enumerate(self.trunk):
+            _check_shared(owners, u, f"units[{i}]")
+        self._owners = owners
         self.cuts = _resolve_cuts(cuts, K, n, method)
-        spec_method = Method(kind=method, link_length=link_length if method == "backlink" else 0, beta=beta)
-        self.bounds = module_bounds(n, Partition(self.cuts), spec_method)
-        self.K = len(self.bounds)
+        bounds = module_bounds(n, Partition(self.cuts), Method(kind=method, link_length=0))
         if method == "bp":
             loss_weights = None  # BP has the one loss L_K, weight 1 (BL-3.3)
-        _check_method(method, link_length, beta, loss_weights, self.K, self.bounds)
+        _check_method(method, link_length, beta, loss_weights, len(bounds), bounds, allow_cross_module)
+        # beta = 0 makes every tail term zero: plan no tail pass at all (and retain no tail graph)
+        linked = link_length if (method == "backlink" and beta != 0) else 0
+        spec_method = Method(kind=method, link_length=linked, beta=beta, allow_cross_module=allow_cross_module)
+        self.bounds = module_bounds(n, Partition(self.cuts), spec_method)
+        self.K = len(self.bounds)
         if not (head_factory == "linear" or callable(head_factory)):
             raise ValueError(f"field 'head_factory' is {head_factory!r}; allowed: 'linear' or a "
                              f"callable (k, example_activation) -> nn.Module")
         self.method, self.link_length, self.beta = method, link_length, float(beta)
+        self.allow_cross_module = allow_cross_module
         self.loss_weights = tuple(float(w) for w in (loss_weights or (1.0,) * self.K))
         self.head_factory = head_factory
         tails = [tail_bounds(self.bounds, k, spec_method) for k in range(self.K)]
         self.plan = make_plan(n, self.bounds, tails, self.beta)
         self.heads = nn.ModuleList()
+        self._inplace_input: set[int] = set()  # units that modify their input in place
+        self.num_classes: int | None = None
         self.built = self.K == 1
         if example_input is not None:
             self.build(example_input)
@@ -153,10 +226,14 @@ class BackLink(nn.Module):
         modes = [(m, m.training) for m in self.modules()]
         self.eval()
         try:
-            h, outs = example_input, []
-            for u in self.trunk:
-                h = u(h)
-                outs.append(h)
+            h, outs, inplace = example_input.clone(), [], set()
+            for i, u in enumerate(self.trunk):
+                version = h._version
+                out = _tensor_out(u(h), i)
+                if h._version != version:  # e.g. nn.ReLU(inplace=True) first: see _forward_segment
+                    inplace.add(i)
+                h = out
+                outs.append(h)  # for shapes only: a later in-place unit may change its values
             if h.dim() != 2:
                 raise ValueError(f"field 'units': the last unit must produce 2-D logits (batch, classes), "
                                  f"got shape {tuple(h.shape)}")
@@ -165,9 +242,12 @@ class BackLink(nn.Module):
         finally:
             for m, mode in modes:
                 m.training = mode
-        for head in heads:
+        owners = dict(self._owners)
+        for k, head in enumerate(heads, 1):
+            _check_shared(owners, head, f"head {k}")
             head.train(self.training)
         self.heads = nn.ModuleList(heads)
+        self._inplace_input, self.num_classes = inplace, classes
         self.built = True
         return self
 
@@ -210,6 +290,7 @@ class BackLink(nn.Module):
         ``.grad``; return ``{k: L_k}`` (1-based, unweighted)."""
         if not self.built:
             self.build(x)
+        _check_labels(y, x.shape[0], self.num_classes)
         orig, producer, records, losses = {0: x}, {0: -1}, {}, {}
         for k, (a, b) in enumerate(self.bounds):
             for j in self.plan.segments_of(a, b):
@@ -221,6 +302,8 @@ class BackLink(nn.Module):
                 logits, extra = orig[b], []
             if logits.dim() != 2:
                 raise ValueError(f"loss {k + 1}: logits have shape {tuple(logits.shape)}; need 2-D (batch, classes)")
+            if self.num_classes is None:  # K = 1: never built, the range is checked here
+                _check_labels(y, x.shape[0], logits.shape[1])
             loss = F.cross_entropy(logits, y)
             losses[k + 1] = float(loss.detach())
             backprop_loss(loss, self.loss_weights[k], self.plan.walks[k], records, producer, extra,
@@ -235,9 +318,12 @@ class BackLink(nn.Module):
     def _forward_segment(self, j: int, orig: dict, producer: dict) -> SegmentRecord:
         s, e = self.plan.segments[j]
         leaf = orig[s].detach().requires_grad_(s > 0)
-        h = leaf
-        for u in self.trunk[s:e]:
-            h = u(h)
+        # A unit that writes its input in place (ReLU(inplace=True)) may not touch a leaf that
+        # requires grad, nor the previous segment's output that leaf aliases: give it a copy,
+        # as plain PyTorch would hand it a non-leaf.
+        h = leaf.clone() if (s > 0 and s in self._inplace_input) else leaf
+        for i, u in enumerate(self.trunk[s:e], s):
+            h = _tensor_out(u(h), i)
         orig[e], producer[e] = h, j
         params = _trainable(p for u in self.trunk[s:e] for p in u.parameters())
         return SegmentRecord({s: leaf}, {e: h}, params)

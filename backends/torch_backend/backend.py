@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from backlink.spec import PRIMITIVES, Capabilities, Problem, SpecError
+from backlink.spec import PRIMITIVES, Capabilities, Problem, SpecError, check_values
 
 from .ops import OPS, to_internal, to_spec
 from .runner import TorchRunner, host
@@ -51,6 +51,7 @@ class TorchBackend:
     def prepare(self, problem: Problem, params: Mapping[str, np.ndarray],
                 buffers: Mapping[str, np.ndarray]) -> TorchRunner:
         problem.validate()
+        check_values(problem, params, buffers)
         if problem.schedule not in self.capabilities.schedules:
             raise NotImplementedError(f"field 'schedule' is {problem.schedule!r}; the torch backend on "
                                       f"{self.device} implements: {', '.join(self.capabilities.schedules)}")

@@ -34,11 +34,11 @@ import torch.nn.functional as F
 
 from backlink.reference.distributed import NO_BATCH, end_tick
 from backlink.reference.pipeline import OwnTerm, PipelinedRunner, check_problem, summed_terms, update_event
-from backlink.spec import INPUT, Batch, Problem, SpecError, UpdateEvent, module_bounds
+from backlink.spec import INPUT, Batch, Problem, SpecError, UpdateEvent, check_labels, module_bounds
 from backlink.spec.pipeline import drain_ticks, link_param_ids, module_param_ids
 
 from .ops import apply_op, to_internal
-from .optim import sgd_
+from .optim import step_
 
 __all__ = ["TorchStage", "TorchPipelinedRunner", "run_torch_distributed"]
 
@@ -144,7 +144,7 @@ class TorchStage:
         if own is None and link is None:
             return None
         grads = summed_terms(own, link)
-        sgd_(self.params, grads, self.state, self.problem.optimizer, self.updates, self.decay)
+        step_(self.params, grads, self.state, self.problem.optimizer, self.updates, self.decay)
         self.updates += 1
         self.last_grads = grads
         return update_event(tick, self.k, self.param_ids, own, link, grads)
@@ -202,12 +202,14 @@ class TorchChannel:
 
 # ------------------------------------------------------------------ one process, every stage
 
-def _to_torch(batch: Batch, dtype, input_shape=None) -> tuple:
+def _to_torch(batch: Batch, dtype, input_shape=None, num_classes=None) -> tuple:
     x = np.asarray(batch.x)
     if input_shape is not None and x.shape[1:] != tuple(input_shape):
         raise SpecError(f"field 'x' has per-sample shape {x.shape[1:]}, the graph needs {tuple(input_shape)}")
     if not np.isfinite(x).all():
         raise FloatingPointError("input batch contains NaN or inf; check the input data (field 'x')")
+    if num_classes is not None:
+        check_labels(batch.y, x.shape[0], num_classes)
     x = to_internal(torch.tensor(x, dtype=dtype)).contiguous()
     return int(batch.id), x, torch.as_tensor(np.asarray(batch.y), dtype=torch.long)
 
@@ -223,7 +225,8 @@ class TorchPipelinedRunner(PipelinedRunner):
         super().__init__(problem, params, buffers, xp=torch)
 
     def _admit(self, batch: Batch | None):
-        return None if batch is None else _to_torch(batch, self.dtype, self.problem.graph.input_shape)
+        return None if batch is None else _to_torch(batch, self.dtype, self.problem.graph.input_shape,
+                                                         self.problem.graph.num_classes)
 
     @staticmethod
     def _host(t):

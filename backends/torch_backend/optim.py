@@ -1,4 +1,4 @@
-"""BL-4.3: SGD with momentum, Nesterov and weight decay on torch tensors, in place.
+"""BL-4.3 SGD (momentum, Nesterov, weight decay) and BL-4.7 AdamW on torch tensors, in place.
 
 The same arithmetic, in the same order, as :func:`backlink.reference.optim.sgd` (no
 ``torch.optim``: its fused/foreach kernels may reorder operations). Learning-rate
@@ -13,7 +13,7 @@ import torch
 from backlink.reference.optim import lr_at
 from backlink.spec import Optimizer
 
-__all__ = ["sgd_"]
+__all__ = ["sgd_", "adamw_", "step_"]
 
 
 @torch.no_grad()
@@ -32,3 +32,26 @@ def sgd_(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
             state[k] = buf
             d = d + opt.momentum * buf if opt.nesterov else buf
         p.sub_(lr * d)
+
+
+def step_(params, grads, state, opt: Optimizer, t: int, decay: frozenset[str]) -> None:
+    """One update in place with the optimizer ``opt.kind`` names."""
+    (adamw_ if opt.kind == "adamw" else sgd_)(params, grads, state, opt, t, decay)
+
+
+@torch.no_grad()
+def adamw_(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
+           state: MutableMapping[str, tuple], opt: Optimizer, t: int, decay: frozenset[str]) -> None:
+    """BL-4.7, as :func:`backlink.reference.optim.adamw`: ``state[k]`` is (m, v, n)."""
+    lr, (b1, b2) = lr_at(opt.lr, opt.schedule, t), opt.betas
+    for k, g in grads.items():
+        p = params[k]
+        m, v, n = state.get(k) or (torch.zeros_like(p), torch.zeros_like(p), 0)
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        n += 1
+        state[k] = (m, v, n)
+        if k in decay:
+            p.mul_(1 - lr * opt.weight_decay)  # decoupled: never through m or v
+        denom = (v / (1 - b2 ** n)).sqrt_().add_(opt.eps)
+        p.sub_(lr * (m / (1 - b1 ** n)) / denom)

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from backlink.reference.backend import state_entry, synchronous_events
-from backlink.reference.optim import check_optimizer
-from backlink.spec import (INPUT, Batch, Problem, SpecError, StepRecord, module_bounds,
+from backlink.reference.optim import check_optimizer, load_state, state_arrays
+from backlink.spec import (INPUT, Batch, Problem, SpecError, StepRecord, check_labels, module_bounds,
                            state_key, tail_bounds, validate)
 
 from .ops import apply_op, to_internal, to_spec
-from .optim import sgd_
+from .optim import step_
 from .segments import SegmentRecord, backprop_loss, make_plan
 
 __all__ = ["TorchRunner", "host"]
@@ -88,7 +88,7 @@ class TorchRunner:
         x, y = self._batch(batch)
         with self._exact_math():
             grads, losses = self.gradients(x, y)
-            sgd_(self.params, grads, self.state, p.optimizer, self.t, self.decay)
+            step_(self.params, grads, self.state, p.optimizer, self.t, self.decay)
         events = synchronous_events(p, self.t, batch.id)
         self.t += 1
         return StepRecord({k: host(v) for k, v in grads.items()}, losses, events,
@@ -103,6 +103,7 @@ class TorchRunner:
                             f"needs {tuple(g.input_shape)}")
         if not np.isfinite(x).all():
             raise FloatingPointError("input batch contains NaN or inf; check the input data (field 'x')")
+        check_labels(batch.y, x.shape[0], g.num_classes)
         xt = to_internal(torch.tensor(x, dtype=self.dtype, device=self.device)).contiguous()
         return xt, torch.as_tensor(np.asarray(batch.y), dtype=torch.long, device=self.device)
 
@@ -181,7 +182,7 @@ class TorchRunner:
         x, y = self._batch(batch)
         with self._exact_math():
             grads, losses = self.gradients(x, y)
-            sgd_(self.params, grads, self.state, self.problem.optimizer, self.t, self.decay)
+            step_(self.params, grads, self.state, self.problem.optimizer, self.t, self.decay)
         self.t += 1
         return losses
 
@@ -200,9 +201,11 @@ class TorchRunner:
         out = {state_key("step"): np.asarray(self.t, dtype=np.int64)}
         out.update({state_key("param", k): host(v) for k, v in self.params.items()})
         out.update({state_key("buffer", k): host(v) for k, v in self.buffers.items()})
-        for k, v in self.params.items():  # momentum 0 until the first update (the reference's zeros)
-            m = self.state.get(k)
-            out[state_key("momentum", k)] = host(m) if m is not None else np.zeros(v.shape, host(v).dtype)
+        zeros = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        adamw = self.problem.optimizer.kind == "adamw"  # state 0 until the first update (the reference's zeros)
+        state = {k: self.state.get(k, (z, z, 0) if adamw else z) for k, z in zeros.items()}
+        for (kind, k), v in state_arrays(state, self.problem.optimizer).items():
+            out[state_key(kind, k)] = np.asarray(v, dtype=np.int64) if kind == "adam_n" else host(v)
         return out
 
     @torch.no_grad()
@@ -210,8 +213,9 @@ class TorchRunner:
         for kind, d in (("param", self.params), ("buffer", self.buffers)):
             for k, v in d.items():
                 v.copy_(torch.as_tensor(state_entry(state, kind, k, tuple(v.shape)), dtype=self.dtype))
+        def entry(kind, k, shape):
+            a = state_entry(state, kind, k, tuple(shape))
+            return a if kind == "adam_n" else torch.as_tensor(a, dtype=self.dtype, device=self.device).clone()
         self.state.clear()
-        for k, v in self.params.items():
-            self.state[k] = torch.as_tensor(state_entry(state, "momentum", k, tuple(v.shape)),
-                                            dtype=self.dtype, device=self.device).clone()
+        self.state.update(load_state(entry, self.params, self.problem.optimizer))
         self.t = int(state_entry(state, "step", "", ()))

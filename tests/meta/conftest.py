@@ -19,7 +19,7 @@ VERDICTS = pytest.StashKey[list]()
 
 @pytest.fixture(scope="session")
 def verdicts(request):
-    """(mutant, bug, rejected, caught by, message) rows, filled by test_mutants.py."""
+    """(mutant, bug, rejected, caught by, message, by a quick test) rows, filled by test_mutants.py."""
     return request.config.stash.setdefault(VERDICTS, [])
 
 
@@ -30,7 +30,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     tr.section("conformance suite vs mutants")
     width = max(len(r[0]) for r in rows)
-    for name, bug, rejected, test, message in rows:
-        tr.write_line(f"{name:<{width}}  {'REJECTED' if rejected else 'SURVIVED'}  {test}")
+    for name, bug, rejected, test, message, quick in rows:
+        by = "quick" if quick else "sweep"
+        tr.write_line(f"{name:<{width}}  {'REJECTED' if rejected else 'SURVIVED'}  {by}  {test}")
         tr.write_line(f"{'':<{width}}  bug: {bug}; {message[:140]}")
-    tr.write_line(f"mutants rejected: {sum(r[2] for r in rows)}/{len(rows)}")
+    tr.write_line(f"mutants rejected: {sum(r[2] for r in rows)}/{len(rows)}, "
+                  f"{sum(r[2] and r[5] for r in rows)} of them by a quick fixed-case test")

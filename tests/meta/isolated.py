@@ -90,7 +90,7 @@ class Mutant:
                                           x, y, validated=True)
 
     def apply(self, runner, grads):
-        runner.params, runner.state = self.ref.optim.sgd(runner.params, grads, runner.state,
+        runner.params, runner.state = self.ref.optim.step(runner.params, grads, runner.state,
                                                          runner.problem.optimizer, runner.t, runner.decay)
         return grads
 

@@ -1,4 +1,6 @@
-"""The conformance plugin: inert outside the suite, one clear usage error without a backend,
+"""The conformance plugin: inert outside the suite (a project with its own ``--backend`` option
+and ``backend`` fixture runs green, ``$BACKLINK_BACKEND`` imports and prints nothing), the
+deprecated ``--backend`` still works for the suite, one clear usage error without a backend,
 the report header, capability skips, and skips files (applied, unmatched entries warn)."""
 from __future__ import annotations
 
@@ -26,16 +28,68 @@ def test_plugin_is_inert_for_other_test_runs(tmp_path):
     assert "backlink conformance" not in proc.stdout
 
 
+#: An unrelated project that owns the names the plugin used to take: a ``--backend``
+#: option, a ``backend`` fixture; its test also checks that nothing imported torch.
+OTHER_PROJECT_CONFTEST = """
+import pytest
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", default="numpy", help="this project's own backend option")
+
+@pytest.fixture
+def backend(request):
+    return "ours:" + request.config.getoption("--backend")
+"""
+OTHER_PROJECT_TEST = """
+import sys
+
+def test_own_backend_fixture_and_option(backend):
+    assert backend == "ours:jax"
+
+def test_backlink_imported_no_torch():
+    assert "torch" not in sys.modules
+"""
+
+
+def test_project_with_its_own_backend_option_and_fixture_runs_green(tmp_path):
+    (tmp_path / "conftest.py").write_text(OTHER_PROJECT_CONFTEST)
+    (tmp_path / "test_theirs.py").write_text(OTHER_PROJECT_TEST)
+    # $BACKLINK_BACKEND exported (as a backend author's shell may have it): still inert
+    proc = pytest_run("-q", "-p", "no:cacheprovider", "--backend", "jax", str(tmp_path), cwd=tmp_path,
+                      env_backend="torch")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "2 passed" in proc.stdout, out
+    assert "backlink conformance" not in out and "deprecated" not in out, out
+    assert "conformance_backend" not in out, out
+
+
+def test_deprecated_backend_option_still_runs_the_suite():
+    proc = pytest_run("--pyargs", "backlink_conformance", "-q", "-k", "test_bl6_1_backend_members",
+                      "--backend", "reference")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "--backend is deprecated" in proc.stdout and "--conformance-backend" in proc.stdout, proc.stdout
+    assert "1 passed" in proc.stdout, proc.stdout
+
+
+def test_environment_variable_chooses_the_backend_for_the_suite():
+    proc = pytest_run("--pyargs", "backlink_conformance", "-k", "test_bl6_1_backend_members",
+                      env_backend="reference")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "backlink conformance: backend 'reference' version" in proc.stdout, proc.stdout
+    assert "1 passed" in proc.stdout, proc.stdout
+
+
 def test_no_backend_is_one_usage_error_showing_both_ways():
     proc = pytest_run("--pyargs", "backlink_conformance", "--co", "-q")
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert proc.stderr.count("ERROR:") == 1, proc.stderr
-    for text in ("--backend NAME", "reference", "module:attr", "BACKLINK_BACKEND"):
+    for text in ("--conformance-backend NAME", "reference", "module:attr", "BACKLINK_BACKEND"):
         assert text in proc.stderr, f"usage error does not mention {text!r}:\n{proc.stderr}"
 
 
 def test_unknown_backend_name_lists_installed_ones():
-    proc = pytest_run("--pyargs", "backlink_conformance", "--co", "-q", "--backend", "no-such-backend")
+    proc = pytest_run("--pyargs", "backlink_conformance", "--co", "-q", "--conformance-backend", "no-such-backend")
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "no installed backend" in proc.stderr and "reference" in proc.stderr, proc.stderr
 
@@ -51,11 +105,11 @@ def test_header_names_backend_spec_version_and_capabilities():
 
 def test_missing_capabilities_skip_with_reasons():
     proc = pytest_run("--pyargs", "backlink_conformance", "-q", "-rs", "-k", "float32 or primitive",
-                      "--backend", "tests.meta.variants:Float64Only")
+                      "--conformance-backend", "tests.meta.variants:Float64Only")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "does not declare dtype 'float32' (capabilities.dtypes = ('float64',))" in proc.stdout, proc.stdout
     proc = pytest_run("--pyargs", "backlink_conformance", "-q", "-rs", "-k", "primitive_vjp and relu",
-                      "--backend", "tests.meta.variants:NoPrimitives")
+                      "--conformance-backend", "tests.meta.variants:NoPrimitives")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "does not declare capabilities.primitives" in proc.stdout, proc.stdout
 
@@ -67,7 +121,7 @@ def test_skips_file_applies_and_warns_on_unmatched_entries(tmp_path):
                      "xfail test_bl6_protocol.py::test_bl6_3_step_record_fields[float32]  # float32 is slow\n"
                      "skip test_nothing.py::test_gone  # stale\n")
     proc = pytest_run("--pyargs", "backlink_conformance", "-q", "-rsxX", "-k", "bl6_1_backend or bl6_3_step",
-                      "--backend", "reference", "--conformance-skips", str(skips))
+                      "--conformance-backend", "reference", "--conformance-skips", str(skips))
     out = proc.stdout
     assert proc.returncode == 0, out
     assert "SKIPPED" in out and "not today" in out, out
@@ -78,13 +132,13 @@ def test_skips_file_applies_and_warns_on_unmatched_entries(tmp_path):
 def test_malformed_skips_file_is_a_usage_error(tmp_path):
     skips = tmp_path / "skips.txt"
     skips.write_text("ignore test_x\n")
-    proc = pytest_run("--pyargs", "backlink_conformance", "--co", "-q", "--backend", "reference",
+    proc = pytest_run("--pyargs", "backlink_conformance", "--co", "-q", "--conformance-backend", "reference",
                       "--conformance-skips", str(skips))
     assert proc.returncode == 4 and "expected 'skip|xfail <test id glob> # reason'" in proc.stderr, proc.stderr
 
 
 def test_device_check_fails_a_cuda_backend_that_computes_on_host():
     proc = pytest_run("--pyargs", "backlink_conformance", "-q", "-k", "runner_computes_on_device",
-                      "--backend", "tests.meta.variants:HostPretendingCuda")
+                      "--conformance-backend", "tests.meta.variants:HostPretendingCuda")
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "BL-6.2: the runner keeps state on the host" in proc.stdout, proc.stdout[-3000:]

@@ -101,7 +101,8 @@ def main(argv=None) -> None:
     units = resnet_units(args.depth, ds.input_shape[-1], ds.num_classes)
     example = to_torch(ds.x_train[:2], ds, "cpu")
     net = BackLink(units, K=None if args.method == "bp" else args.K, method=args.method,
-                   link_length=args.P, beta=args.beta, example_input=example).to(args.device)
+                   example_input=example,
+                   **(dict(link_length=args.P, beta=args.beta) if args.method == "backlink" else {})).to(args.device)
     steps = args.epochs * -(-len(ds.y_train) // args.batch)
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
