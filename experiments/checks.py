@@ -58,16 +58,21 @@ def check_run_config(cfg) -> None:
                          "the checkpoint to continue from")
 
 
-def config_differences(saved: dict, now: dict, may_change) -> list[str]:
-    """'field: checkpoint X, now Y' for every field (outside ``may_change``) that differs."""
-    now = json.loads(json.dumps(now))  # tuples -> lists, as the saved copy went through JSON
+def config_differences(saved: dict, now: dict, may_change, defaults: dict | None = None) -> list[str]:
+    """'field: checkpoint X, now Y' for every field (outside ``may_change``) that differs.
+
+    A field the checkpoint lacks (added to the settings later) counts as its value in
+    ``defaults``: the run that wrote it behaved as the default does.
+    """
+    now, defaults = json.loads(json.dumps(now)), json.loads(json.dumps(defaults or {}))  # tuples -> lists
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     return [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
             if k not in may_change and saved.get(k) != now.get(k)]
 
 
-def check_resume_config(saved: dict, now: dict, may_change, where) -> None:
+def check_resume_config(saved: dict, now: dict, may_change, where, defaults: dict | None = None) -> None:
     """Refuse to resume a checkpoint written with another configuration; list the differences."""
-    diffs = config_differences(saved, now, may_change)
+    diffs = config_differences(saved, now, may_change, defaults)
     if diffs:
         raise ValueError(f"field 'resume' (--resume): the checkpoint in {where} was written with another "
                          f"configuration:\n  " + "\n  ".join(diffs) + "\nFields that may change on resume: "

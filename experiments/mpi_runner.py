@@ -238,7 +238,8 @@ def check_launch(args) -> int:
         held = sorted(out.glob("checkpoint-rank*.npz")) if out.is_dir() else []
         if args.resume:
             _, files = find_checkpoint(out, n)
-            check_resume_config(read_meta(files[0]).get("config") or {}, run_info(args), MAY_CHANGE_ON_RESUME, out)
+            check_resume_config(read_meta(files[0]).get("config") or {}, run_info(args), MAY_CHANGE_ON_RESUME, out,
+                                defaults=run_info(build_parser().parse_args([])))
         elif held and not args.overwrite:
             raise ValueError(f"field 'out' (--out): {out} already holds a run ({held[0].name}); add --resume to "
                              f"continue it, --overwrite to start over, or choose another folder")

@@ -79,7 +79,8 @@ def prepare_run_folder(cfg) -> dict | None:
             raise ValueError(f"field 'resume' (--resume): {out} holds no {CHECKPOINT} to continue from; "
                              f"drop --resume to start the run there")
         meta = _read_meta(ckpt)
-        check_resume_config(meta.get("config", {}), dataclasses.asdict(cfg), MAY_CHANGE_ON_RESUME, ckpt)
+        check_resume_config(meta.get("config", {}), dataclasses.asdict(cfg), MAY_CHANGE_ON_RESUME, ckpt,
+                            defaults=dataclasses.asdict(type(cfg)()))
         probe_writable(out)
         return meta
     held = [name for name in (CHECKPOINT, RESULT) if (out / name).exists()] if out.is_dir() else []

@@ -144,3 +144,12 @@ def test_version(capsys):
         main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"backlink {__version__} (spec {SPEC_VERSION})"
+
+
+def test_a_setting_added_after_the_checkpoint_compares_as_its_default(tmp_path):
+    from backlink.experiments.checks import config_differences
+
+    saved = {"lr": 0.1, "K": 4}  # written before 'split' existed
+    assert config_differences(saved, {"lr": 0.1, "K": 4, "split": "even"}, (), {"split": "even"}) == []
+    assert config_differences(saved, {"lr": 0.1, "K": 4, "split": "infopro"}, (), {"split": "even"}) == \
+        ["split: checkpoint 'even', now 'infopro'"]
