@@ -47,11 +47,15 @@ def render(summary: dict, name: str, plots_rel: str | None = None) -> str:
     meta, rows = summary["meta"], summary["rows"]
     base = meta.get("base", {})
     seeds = meta.get("grid", {}).get("seeds", [])
-    lines = [f"{base.get('model', '?')} on {base.get('dataset', '?')}, {base.get('epochs', '?')} epochs, "
-             f"batch {base.get('batch', '?')}, backend {base.get('backend', '?')}; mean ± std over "
+    subset = ", ".join(f"{base[k]} {k[2:]} samples" for k in ("n_train", "n_test") if base.get(k))
+    lines = [f"{base.get('model', '?')} ({base.get('granularity', '?')} units) on {base.get('dataset', '?')}"
+             + (f" ({subset}: a seeded random subset per seed)" if subset else "")
+             + f", {base.get('epochs', '?')} epochs, batch {base.get('batch', '?')}, lr {base.get('lr', '?')} "
+             f"({base.get('schedule', '?')}), backend {base.get('backend', '?')}; mean ± std over "
              f"{len(seeds)} seeds {seeds}. Peak activation memory: the BL-7 model of one step "
-             f"(batch {base.get('batch', '?')}, {base.get('dtype', '?')}). Gap closed: "
-             f"(acc - greedy) / (BP - greedy) at the same K, from the means.", "",
+             f"(batch {base.get('batch', '?')}, {base.get('dtype', '?')}). s / epoch: training time of "
+             f"one epoch in one worker process. Gap closed: (acc - greedy) / (BP - greedy) at the same K, "
+             f"from the means.", "",
              markdown_table(rows), ""]
     if meta.get("command"):
         wall = meta.get("wall_seconds")
