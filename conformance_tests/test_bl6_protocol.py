@@ -129,6 +129,10 @@ def test_bl6_4_runner_computes_on_device(conformance_backend, monkeypatch):
         pytest.skip(f"backend {conformance_backend.name!r} declares device 'cuda' but has no `array_module` attribute "
                     f"(the module its runner computes with) for the namespace check")
     case = smoke_case("backlink", conformance_backend.capabilities.dtypes[0])
+    if xp is np:
+        fail("BL-6.2", f"backend {conformance_backend.name!r} declares device 'cuda' but its `array_module` is "
+                       f"numpy: the runner computes and keeps state on the host; set `array_module` to the "
+                       f"device array module it computes with (e.g. cupy)", case)
     runner = conformance_backend.prepare(case.problem, copy.deepcopy(dict(case.params)), copy.deepcopy(dict(case.buffers)))
 
     def trap(name):

@@ -75,7 +75,7 @@ class ReferenceRunner:
     # ------------------------------------------------ BL-6.5 lean path: nothing copied to the host
 
     def train_step(self, batch: Batch) -> dict[int, float]:
-        """The update of :meth:`step`, returning only the losses."""
+        """The update of ``step`` (BL-6.5), returning only the losses."""
         return self._update(batch)[1]
 
     def predict(self, x) -> np.ndarray:

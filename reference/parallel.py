@@ -21,11 +21,10 @@ from __future__ import annotations
 import contextlib
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Sequence
 
 __all__ = ["threads", "check_threads", "active_threads", "map_runs"]
 
-T = TypeVar("T")
 _active = 1  # threads used by map_runs; set only by ``threads``
 
 
@@ -78,7 +77,7 @@ def threads(n: int):
             _active = before
 
 
-def map_runs(fn: Callable[[Sequence], T], items: Sequence) -> list[T]:
+def map_runs(fn: Callable[[Sequence], object], items: Sequence) -> list:
     """``[fn(run) for run in runs]`` where the runs split ``items`` into contiguous pieces,
     one per active thread; the calling thread does the first run. Results in run order."""
     n = min(_active, len(items))

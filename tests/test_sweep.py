@@ -23,6 +23,17 @@ def table(rows):
     return [{k: r.get(k) for k in UNTIMED} for r in rows]
 
 
+def rounded(x, digits=10):
+    """``x`` with every float rounded to ``digits`` significant digits (nested dicts and lists)."""
+    if isinstance(x, float):
+        return float(f"{x:.{digits}g}")
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [rounded(v, digits) for v in x]
+    return x
+
+
 def test_cells_cover_the_grid_once_each():
     grid = Grid(methods=("bp", "greedy", "backlink"), Ks=(2, 4), Ps=(1, 2), betas=(1.0, 0.5), seeds=(0, 1, 2))
     names = [n for n, _ in cells(BASE, grid)]
@@ -65,7 +76,8 @@ def test_two_worker_processes_give_the_one_process_table(tmp_path):
     grid = Grid(methods=("greedy", "backlink"), Ks=(2,), Ps=(1,), seeds=(0,))
     one = summarize(run_sweep(BASE, grid, str(tmp_path / "one"), progress=False))
     two = summarize(run_sweep(BASE, grid, str(tmp_path / "two"), jobs=2, progress=False))
-    assert table(two) == table(one)
+    # a worker runs single-threaded BLAS, this process may not: sums may differ in the last bit
+    assert rounded(table(two)) == rounded(table(one))
 
 
 def test_a_rerun_with_other_settings_is_refused(tmp_path):

@@ -91,7 +91,9 @@ def test_suite_rejects_mutant(module, name, verdicts, quick_tests):
 
 def test_reference_passes_the_suite():
     proc = run_suite("reference")
-    assert proc.returncode == 0, f"the reference backend fails its own suite:\n{proc.stdout[-4000:]}"
+    test, message = first_failure(proc.stdout)
+    assert proc.returncode == 0, (f"the reference backend fails its own suite (exit {proc.returncode}) at {test}: "
+                                  f"{message[:2000]}\n{proc.stderr[-2000:]}")
 
 
 #: One module per distinct Baseline class (a module may reuse another's machinery).
@@ -102,7 +104,9 @@ BASELINES = list({id(importlib.import_module(m).Baseline): m for m in reversed(M
 def test_mutant_baseline_passes_the_suite(module):
     """The mutants' machinery without a bug passes: each mutant differs only by its bug."""
     proc = run_suite(f"{module}:Baseline")
-    assert proc.returncode == 0, f"the bug-free {module}:Baseline fails the suite:\n{proc.stdout[-4000:]}"
+    test, message = first_failure(proc.stdout)
+    assert proc.returncode == 0, (f"the bug-free {module}:Baseline fails the suite (exit {proc.returncode}) at "
+                                  f"{test}: {message[:2000]}\n{proc.stderr[-2000:]}")
 
 
 def test_there_are_enough_mutants():
