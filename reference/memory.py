@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from backlink.spec import DTYPES, INPUT, Graph, Method, Partition, SpecError, module_bounds, tail_bounds, validate
+from backlink.spec import DTYPES, INPUT, Graph, Method, Optimizer, Partition, SpecError, module_bounds, tail_bounds, validate
 from backlink.spec.shapes import infer_shapes
 
 from .primitives import PRIMS
@@ -184,7 +184,7 @@ class MemoryReport:
     trace: tuple[tuple[str, int, int], ...]  # (phase, 1-based module, bytes), as the meter sees it
     params: int
     grads: int
-    momentum: int
+    optimizer: int  # optimizer-state bytes (BL-7.4)
 
     @property
     def peak(self) -> int:
@@ -262,18 +262,28 @@ def _module_trace(lay: _Layout, graph: Graph, partition: Partition, method: Meth
     return trace
 
 
-def state_bytes(graph: Graph, partition: Partition, method: Method, dtype: str = "float32") -> dict:
-    """BL-7.4: parameter, gradient and SGD-momentum bytes (heads count unless BP)."""
+def state_bytes(graph: Graph, partition: Partition, method: Method, dtype: str = "float32",
+                optimizer: Optimizer | None = None) -> dict:
+    """BL-7.4: parameter, gradient and optimizer-state bytes (heads count unless BP).
+
+    ``optimizer``: SGD keeps one momentum buffer per parameter when momentum > 0, none
+    otherwise; AdamW keeps two moments (its integer update counts are not counted).
+    None means SGD with momentum, the setups of the paper.
+    """
     validate(graph, partition, method)
     if dtype not in ITEMSIZE:
         raise SpecError(f"field 'dtype' = {dtype!r}; allowed: {', '.join(DTYPES)}")
     units = tuple(graph.units) + (() if method.kind == "bp" else tuple(partition.heads))
     n = sum(math.prod(p.shape) for u in units for p in u.params) * ITEMSIZE[dtype]
-    return {"params": n, "grads": n, "momentum": n}
+    if optimizer is None:
+        buffers = 1
+    else:
+        buffers = 2 if optimizer.kind == "adamw" else int(optimizer.momentum > 0)
+    return {"params": n, "grads": n, "optimizer": buffers * n}
 
 
 def activation_bytes(graph: Graph, partition: Partition, method: Method, batch: int,
-                     dtype: str = "float32") -> MemoryReport:
+                     dtype: str = "float32", optimizer: Optimizer | None = None) -> MemoryReport:
     """BL-7.2/7.3: predicted live activation bytes of one step, per meter point and module."""
     s = _check(graph, partition, method, batch, dtype)
     lay = _Layout(graph, partition, batch, s)
@@ -285,7 +295,7 @@ def activation_bytes(graph: Graph, partition: Partition, method: Method, batch: 
         points = _module_trace(lay, graph, partition, method, bounds, k, stored, kept)
         trace += points
         modules.append(ModuleMemory(k + 1, cotangents=max(b for _, _, b in points) - stored, **kinds))
-    state = state_bytes(graph, partition, method, dtype)
+    state = state_bytes(graph, partition, method, dtype, optimizer)
     return MemoryReport(method.kind, method.P, batch, dtype, tuple(modules), tuple(trace), **state)
 
 

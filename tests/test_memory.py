@@ -10,8 +10,10 @@ import pytest
 
 from backlink.reference.backlink import gradients
 from backlink.reference.memory import KINDS, activation_bytes, measure, measure_trace, state_bytes
+from backlink.reference.optim import init_state
+from backlink.reference.optim import step as opt_step
 from backlink.reference.models import build_model, cuts_from_table, even_cuts, init_params, make_partition
-from backlink.spec import Method, SpecError
+from backlink.spec import Method, Optimizer, SpecError
 
 ZOO = {
     "mlp": lambda: build_model("mlp", input_shape=(12,), hidden=(16, 8, 8)),
@@ -129,6 +131,22 @@ def test_state_bytes_match_the_arrays():
     assert state["grads"] == sum(g.nbytes for g in grads.values())
     bp = state_bytes(graph, part, Method("bp"), "float64")["params"]
     assert bp == sum(params[p.id].nbytes for u in graph.units for p in u.params) < state["params"]
+
+
+@pytest.mark.parametrize("optimizer, buffers", [(Optimizer(lr=0.1), 0), (Optimizer(lr=0.1, momentum=0.9), 1),
+                                                (Optimizer(lr=1e-3, kind="adamw"), 2), (None, 1)])
+def test_optimizer_state_bytes_match_the_optimizer_arrays(optimizer, buffers):
+    """BL-7.4: SGD keeps a momentum buffer only with momentum > 0; AdamW keeps two moments."""
+    graph, part, method, params, buffers_, x, y = _setup("resnet-layer", 3, 1, "conv", "float64")
+    state = state_bytes(graph, part, method, "float64", optimizer)
+    if optimizer is not None:  # the bytes of the state arrays one reference step writes
+        grads, _ = gradients(graph, part, method, params, dict(buffers_), x, y)
+        before = init_state(params, optimizer)
+        _, after = opt_step(params, grads, before, optimizer, 0, frozenset(params))
+        written = [a for k in after if after[k] is not before[k]
+                   for a in (after[k] if isinstance(after[k], tuple) else (after[k],)) if hasattr(a, "nbytes")]
+        assert state["optimizer"] == sum(a.nbytes for a in written)
+    assert state["optimizer"] == buffers * state["params"]
 
 
 def test_errors_name_the_field():

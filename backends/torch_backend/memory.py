@@ -9,12 +9,12 @@ methods on the same problem, which is what the paper's memory claims compare.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
+from backlink.reference.memory import state_bytes
 from backlink.spec import Batch, Problem
 
 __all__ = ["CudaStepMemory", "cuda_step_memory"]
@@ -26,8 +26,8 @@ class CudaStepMemory:
 
     ``peak``: the allocator's high-water mark during the step (the step's copy of the
     batch included). ``persistent``: still
-    allocated after it (optimizer state). ``state``: gradients + SGD momentum as BL-7.4
-    counts them. ``activations``: ``peak - state``, the part that the step's
+    allocated after it (optimizer state). ``state``: gradients + optimizer state (SGD momentum or
+    AdamW's moments) as BL-7.4 counts them. ``activations``: ``peak - state``, the part that the step's
     activations, cotangents and workspaces took at the peak (an estimate: the
     gradients need not all be live at the peak). All None, with ``reason``, when no
     CUDA device can be used.
@@ -64,8 +64,6 @@ def cuda_step_memory(problem: Problem, params: Mapping[str, np.ndarray], buffers
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - before
     persistent = torch.cuda.memory_allocated() - before
-    itemsize = np.dtype(problem.dtype).itemsize
-    units = tuple(problem.graph.units) + (() if problem.method.kind == "bp" else tuple(problem.partition.heads))
-    n = sum(math.prod(p.shape) for u in units for p in u.params) * itemsize
-    state = n * (2 if problem.optimizer.momentum > 0 else 1)
+    s = state_bytes(problem.graph, problem.partition, problem.method, problem.dtype, problem.optimizer)
+    state = s["grads"] + s["optimizer"]
     return CudaStepMemory(peak, persistent, state, max(peak - state, 0))
