@@ -49,7 +49,7 @@ def render(summary: dict, name: str, plots_rel: str | None = None) -> str:
     seeds = meta.get("grid", {}).get("seeds", [])
     subset = ", ".join(f"{base[k]} {k[2:]} samples" for k in ("n_train", "n_test") if base.get(k))
     lines = [f"{base.get('model', '?')} ({base.get('granularity', '?')} units) on {base.get('dataset', '?')}"
-             + (f" ({subset}: a seeded random subset per seed)" if subset else "")
+             + (f" ({subset}: a seeded random subset per seed)" if subset else " (the full training and test sets)")
              + f", {base.get('epochs', '?')} epochs, batch {base.get('batch', '?')}, lr {base.get('lr', '?')} "
              f"({base.get('schedule', '?')}), backend {base.get('backend', '?')}; mean ± std over "
              f"{len(seeds)} seeds {seeds}. Peak activation memory: the BL-7 model of one step "
