@@ -129,6 +129,7 @@ class TorchRunner:
         orig, producer, records = {INPUT: x}, {INPUT: -1}, {}
         grads: dict[str, torch.Tensor] = {}
         losses: dict[int, float] = {}
+        pending: dict = {}  # a linked tail's own-loss cotangents, until its link (segments.py)
 
         def accumulate(pid, d):
             grads[pid] = grads[pid] + d if pid in grads else d
@@ -150,7 +151,7 @@ class TorchRunner:
             loss = F.cross_entropy(logits, y)
             losses[k + 1] = float(loss.detach())
             backprop_loss(loss, self.weights[k], plan.walks[k], records, producer, extra,
-                          plan.retained_after(k), accumulate)
+                          plan.retained_after(k), accumulate, plan.deferred, pending)
             del loss, logits
             self._free(k, b, records, orig, producer)
         return grads, losses
