@@ -7,7 +7,7 @@ kernels are fastest with (:func:`image_format`): channels_last (NHWC in memory, 
 spec's own order, so the boundary permute is a view) for float32 on CPU, NCHW
 elsewhere. Parameters stay in the spec's layout (HWIO conv weights, (d_in, d_out)
 linear weights) so their gradients come out in it too; the conv weight is permuted
-to OIHW and made dense in the activations' format at each use (a small copy).
+to OIHW and made dense at each use (a small copy).
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ __all__ = ["OPS", "to_internal", "to_spec", "apply_op", "image_format", "to_inte
 
 
 def image_format(t: torch.Tensor) -> torch.memory_format:
-    """The memory format of the backend's rank-4 images (and conv weights) for ``t``'s
-    device and dtype.
+    """The memory format of the backend's rank-4 images for ``t``'s device and dtype.
 
     CPU float32 (and lower): channels_last. oneDNN's convolutions run NHWC natively;
     NCHW goes through reorders, and a ResNet-32 step is ~1.5x slower in it (a lone 3x3
@@ -53,14 +52,16 @@ def to_spec(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1) if t.dim() == 4 else t
 
 
-def _oihw(w, x):
-    """HWIO weight -> OIHW, dense in ``x``'s format: some CPU kernels (slow_conv2d) want a
-    dense weight and its gradient, and oneDNN takes its layout from input and weight."""
-    return w.permute(3, 2, 0, 1).contiguous(memory_format=image_format(x))
+def _oihw(w):
+    """HWIO weight -> dense OIHW (NCHW-contiguous) whatever the input's format: the native CPU
+    kernels (slow_conv2d, which torch picks for small shapes) want a contiguous weight
+    and gradient, and oneDNN runs channels_last whenever the input is (it reorders the
+    small weight itself; a channels_last weight measured no faster)."""
+    return w.permute(3, 2, 0, 1).contiguous()
 
 
 def conv2d(x, w, *, kernel, out, stride=1, padding=0):
-    return F.conv2d(x, _oihw(w, x), stride=stride, padding=padding)
+    return F.conv2d(x, _oihw(w), stride=stride, padding=padding)
 
 
 def _channels_second(x):
@@ -140,7 +141,7 @@ def apply_op(op, values, params, buffers, training=True):
 
 def patch_embed(x, w, b, *, patch, out):
     # a stride-p convolution over NCHW, then (n, D, H/p, W/p) -> (n, T, D), patches row-major
-    y = F.conv2d(x, _oihw(w, x), b, stride=patch)
+    y = F.conv2d(x, _oihw(w), b, stride=patch)
     return y.flatten(2).transpose(1, 2)
 
 
