@@ -155,6 +155,36 @@ def test_saved_activations_follow_the_method():
     assert peaks["greedy"] < peaks["P1"] < peaks["P2"] < peaks["bp"], peaks
 
 
+def test_link_takes_each_weight_vjp_once_and_no_vjp_into_the_tail_entry():
+    """BL-3.4 / BL-7.2 in the torch backend: a linked tail's conv weight gradient is taken
+    once (own + beta x link cotangent), and no input cotangent is taken into the first
+    conv (its input is the network input, or, for the tail, a value the pass discards)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Masks(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.masks = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution_backward.default:
+                self.masks.append(tuple(args[-1][:2]))
+            return func(*args, **(kwargs or {}))
+
+    graph = resnet(depth=14, input_shape=(8, 8, 3), widths=(4, 6, 8), num_classes=5)
+    part = make_partition(graph, (2, 4, 6))
+    params, buffers = init_params(graph, part, seed=0)
+    batch = _batches(graph, "float64", n=1, size=8)[0]
+    convs = sum(op.prim == "conv2d" for u in graph.units for op in u.ops)
+    runner = TorchBackend("cpu").prepare(Problem(graph, part, Method("backlink", 1)), params, buffers)
+    with Masks() as log:
+        runner.step(batch)
+    assert sum(w for _, w in log.masks) == convs, log.masks  # each weight VJP once
+    # weight-only VJPs: the stem conv (network input) and, per link (3), at least one conv
+    # reading the tail's entry value, whose cotangent the link pass discards (BL-3.4)
+    assert sum(w and not x for x, w in log.masks) >= 1 + 3, log.masks
+
+
 def test_invalid_problems_raise_spec_error():
     problem, (params, buffers) = _problem("cnn", "greedy", "float64")
     with pytest.raises(SpecError, match="lacks ids"):

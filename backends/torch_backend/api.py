@@ -292,6 +292,7 @@ class BackLink(nn.Module):
             self.build(x)
         _check_labels(y, x.shape[0], self.num_classes)
         orig, producer, records, losses = {0: x}, {0: -1}, {}, {}
+        pending: dict = {}  # a linked tail's own-loss cotangents, until its link (segments.py)
         for k, (a, b) in enumerate(self.bounds):
             for j in self.plan.segments_of(a, b):
                 records[j] = self._forward_segment(j, orig, producer)
@@ -307,7 +308,7 @@ class BackLink(nn.Module):
             loss = F.cross_entropy(logits, y)
             losses[k + 1] = float(loss.detach())
             backprop_loss(loss, self.loss_weights[k], self.plan.walks[k], records, producer, extra,
-                          self.plan.retained_after(k), _accumulate_grad)
+                          self.plan.retained_after(k), _accumulate_grad, self.plan.deferred, pending)
             del loss, logits
             for j in [j for j in records if self.plan.last_use[j] <= k]:
                 del records[j]

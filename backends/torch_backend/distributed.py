@@ -37,7 +37,7 @@ from backlink.reference.pipeline import OwnTerm, PipelinedRunner, check_problem,
 from backlink.spec import INPUT, Batch, Problem, SpecError, UpdateEvent, check_labels, module_bounds
 from backlink.spec.pipeline import drain_ticks, link_param_ids, module_param_ids
 
-from .ops import apply_op, to_internal
+from .ops import apply_op, image_format, to_internal_dense
 from .optim import step_
 
 __all__ = ["TorchStage", "TorchPipelinedRunner", "run_torch_distributed"]
@@ -162,7 +162,10 @@ class TorchChannel:
     def __init__(self, peer, tag, n_max, spec_shape, dtype, labels, timeout_s):
         self.peer, self.tag, self.timeout = peer, tag, datetime.timedelta(seconds=timeout_s)
         self.header = torch.zeros(2 + (n_max if labels else 0), dtype=torch.int64)
-        self.data = torch.zeros((n_max, *_internal_shape(spec_shape)), dtype=dtype)
+        data = torch.zeros((n_max, *_internal_shape(spec_shape)), dtype=dtype)
+        # images travel in the backend's memory format (a row slice stays dense in it), so
+        # neither end reorders them; both ends choose the same format for the same dtype
+        self.data = data.contiguous(memory_format=image_format(data)) if data.dim() == 4 else data
         self.works: list = []
 
     def _wait(self):
@@ -210,7 +213,7 @@ def _to_torch(batch: Batch, dtype, input_shape=None, num_classes=None) -> tuple:
         raise FloatingPointError("input batch contains NaN or inf; check the input data (field 'x')")
     if num_classes is not None:
         check_labels(batch.y, x.shape[0], num_classes)
-    x = to_internal(torch.tensor(x, dtype=dtype)).contiguous()
+    x = to_internal_dense(torch.tensor(x, dtype=dtype))
     return int(batch.id), x, torch.as_tensor(np.asarray(batch.y), dtype=torch.long)
 
 

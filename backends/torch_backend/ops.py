@@ -1,10 +1,13 @@
 """BL-2.2 primitives as torch functional ops, and the NHWC <-> NCHW layout boundary.
 
 Inside the torch backend every rank-4 activation (a per-sample image (H, W, C) in the
-spec) is held as NCHW, the layout torch's convolution and pooling kernels want; every
-other activation keeps the spec's layout. Parameters stay in the spec's layout (HWIO
-conv weights, (d_in, d_out) linear weights) so their gradients come out in it too;
-the conv weight is permuted to OIHW at each use (a view, cheap next to the conv).
+spec) has torch's NCHW *shape*, the one its convolution and pooling kernels take; every
+other activation keeps the spec's layout. Its *memory format* (strides) is the one the
+kernels are fastest with (:func:`image_format`): channels_last (NHWC in memory, the
+spec's own order, so the boundary permute is a view) for float32 on CPU, NCHW
+elsewhere. Parameters stay in the spec's layout (HWIO conv weights, (d_in, d_out)
+linear weights) so their gradients come out in it too; the conv weight is permuted
+to OIHW and made dense at each use (a small copy).
 """
 from __future__ import annotations
 
@@ -13,7 +16,30 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["OPS", "to_internal", "to_spec", "apply_op"]
+__all__ = ["OPS", "to_internal", "to_spec", "apply_op", "image_format", "to_internal_dense"]
+
+
+def image_format(t: torch.Tensor) -> torch.memory_format:
+    """The memory format of the backend's rank-4 images for ``t``'s device and dtype.
+
+    CPU float32 (and lower): channels_last. oneDNN's convolutions run NHWC natively;
+    NCHW goes through reorders, and a ResNet-32 step is ~1.5x slower in it (a lone 3x3
+    conv forward + backward, 32 channels, 16x16, batch 128: ~5x). CPU float64 has no
+    oneDNN kernels: the native ones are as fast or faster in NCHW (same conv: 0.12 s
+    NCHW vs 0.15 s channels_last), so it stays NCHW.
+    CUDA: NCHW. The backend runs float32 without TF32 (BL-2 tolerances), i.e. not on
+    tensor cores, where channels_last is what pays; cuDNN's fp32 NCHW kernels are its
+    best-tuned, and channels_last adds layout transforms for batch norm and pooling.
+    """
+    if t.device.type == "cpu" and t.dtype != torch.float64:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def to_internal_dense(t: torch.Tensor) -> torch.Tensor:
+    """:func:`to_internal`, then dense in the backend's format (a copy only if it differs)."""
+    t = to_internal(t)
+    return t.contiguous(memory_format=image_format(t)) if t.dim() == 4 else t.contiguous()
 
 
 def to_internal(t: torch.Tensor) -> torch.Tensor:
@@ -26,9 +52,16 @@ def to_spec(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1) if t.dim() == 4 else t
 
 
+def _oihw(w):
+    """HWIO weight -> dense OIHW (NCHW-contiguous) whatever the input's format: the native CPU
+    kernels (slow_conv2d, which torch picks for small shapes) want a contiguous weight
+    and gradient, and oneDNN runs channels_last whenever the input is (it reorders the
+    small weight itself; a channels_last weight measured no faster)."""
+    return w.permute(3, 2, 0, 1).contiguous()
+
+
 def conv2d(x, w, *, kernel, out, stride=1, padding=0):
-    # contiguous: some CPU kernels (slow_conv2d) want a dense weight and its gradient
-    return F.conv2d(x, w.permute(3, 2, 0, 1).contiguous(), stride=stride, padding=padding)
+    return F.conv2d(x, _oihw(w), stride=stride, padding=padding)
 
 
 def _channels_second(x):
@@ -108,7 +141,7 @@ def apply_op(op, values, params, buffers, training=True):
 
 def patch_embed(x, w, b, *, patch, out):
     # a stride-p convolution over NCHW, then (n, D, H/p, W/p) -> (n, T, D), patches row-major
-    y = F.conv2d(x, w.permute(3, 2, 0, 1).contiguous(), b, stride=patch)
+    y = F.conv2d(x, _oihw(w), b, stride=patch)
     return y.flatten(2).transpose(1, 2)
 
 

@@ -19,7 +19,7 @@ from backlink.reference.optim import check_optimizer, load_state, state_arrays
 from backlink.spec import (INPUT, Batch, Problem, SpecError, StepRecord, check_labels, module_bounds,
                            state_key, tail_bounds, validate)
 
-from .ops import apply_op, to_internal, to_spec
+from .ops import apply_op, to_internal_dense, to_spec
 from .optim import step_
 from .segments import SegmentRecord, backprop_loss, make_plan
 
@@ -27,7 +27,8 @@ __all__ = ["TorchRunner", "host"]
 
 
 def host(t: torch.Tensor) -> np.ndarray:
-    """A NumPy copy (never a view: parameters and buffers change in place later)."""
+    """A NumPy copy (never a view: parameters and buffers change in place later), C-ordered
+    whatever ``t``'s strides (a conv weight's gradient comes back permuted from OIHW)."""
     return t.detach().cpu().numpy().copy()
 
 
@@ -104,7 +105,7 @@ class TorchRunner:
         if not np.isfinite(x).all():
             raise FloatingPointError("input batch contains NaN or inf; check the input data (field 'x')")
         check_labels(batch.y, x.shape[0], g.num_classes)
-        xt = to_internal(torch.tensor(x, dtype=self.dtype, device=self.device)).contiguous()
+        xt = to_internal_dense(torch.tensor(x, dtype=self.dtype, device=self.device))
         return xt, torch.as_tensor(np.asarray(batch.y), dtype=torch.long, device=self.device)
 
     @contextlib.contextmanager
@@ -128,6 +129,7 @@ class TorchRunner:
         orig, producer, records = {INPUT: x}, {INPUT: -1}, {}
         grads: dict[str, torch.Tensor] = {}
         losses: dict[int, float] = {}
+        pending: dict = {}  # a linked tail's own-loss cotangents, until its link (segments.py)
 
         def accumulate(pid, d):
             grads[pid] = grads[pid] + d if pid in grads else d
@@ -149,7 +151,7 @@ class TorchRunner:
             loss = F.cross_entropy(logits, y)
             losses[k + 1] = float(loss.detach())
             backprop_loss(loss, self.weights[k], plan.walks[k], records, producer, extra,
-                          plan.retained_after(k), accumulate)
+                          plan.retained_after(k), accumulate, plan.deferred, pending)
             del loss, logits
             self._free(k, b, records, orig, producer)
         return grads, losses
@@ -189,7 +191,7 @@ class TorchRunner:
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode logits: batch norm reads its running statistics and leaves them."""
-        xt = to_internal(torch.as_tensor(np.asarray(x), dtype=self.dtype, device=self.device)).contiguous()
+        xt = to_internal_dense(torch.as_tensor(np.asarray(x), dtype=self.dtype, device=self.device))
         vals = {INPUT: xt}
         with self._exact_math():
             for unit in self.problem.graph.units:
