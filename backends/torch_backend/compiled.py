@@ -13,6 +13,8 @@ structures would recompile on every new one and, past ``torch._dynamo.config.
 recompile_limit``, silently run eagerly. Compilation is ``dynamic=False`` (a new batch size
 is a new structure). Batch-norm running statistics are updated in place inside the compiled
 unit: the compiler functionalizes the mutation and writes the buffer back after the call.
+Buffer donation is off: a segment's backward is walked again (``retain_graph=True``) by
+the loss after (BL-3.4's tail), which donated buffers forbid.
 
 Everything else is the eager :class:`~backlink.backends.torch_backend.runner.TorchRunner`:
 the segment plan, the backward walks (``torch.autograd.grad`` through the compiled units'
@@ -118,7 +120,10 @@ class CompiledTorchRunner(TorchRunner):
         args = ([vals[v] for v in inputs] + [self.params[p.id] for p in unit.params]
                 + [self.buffers[b.id] for b in unit.buffers])
         fn = _compiled(structure, args, len(inputs), len(unit.params), len(unit.buffers))
-        vals.update(zip(exports, fn(*args)))
+        # BackLink walks a segment's backward again for the next loss (retain_graph=True),
+        # which AOTAutograd's donated buffers forbid; the setting is read when fn compiles
+        with torch._functorch.config.patch(donated_buffer=False):
+            vals.update(zip(exports, fn(*args)))
 
     def _forward_segment(self, j: int, orig: dict, producer: dict) -> SegmentRecord:
         s, e = self.plan.segments[j]
