@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Callable
 
 import torch
+import torch._functorch.config as functorch_config
 
 from backlink.spec import INPUT
 
@@ -114,16 +115,20 @@ class CompiledTorchRunner(TorchRunner):
             self._units[i] = (structure, inputs, exports)
             later |= unit.consumed()
 
+    def gradients(self, x, y):
+        # BackLink walks a segment's backward again for the next loss (retain_graph=True),
+        # which AOTAutograd's donated buffers forbid; it reads the setting when a unit's
+        # forward compiles and again when its backward first runs: both happen in here
+        with functorch_config.patch(donated_buffer=False):
+            return super().gradients(x, y)
+
     def _run_unit(self, i: int, vals: dict) -> None:
         unit = self.problem.graph.units[i]
         structure, inputs, exports = self._units[i]
         args = ([vals[v] for v in inputs] + [self.params[p.id] for p in unit.params]
                 + [self.buffers[b.id] for b in unit.buffers])
         fn = _compiled(structure, args, len(inputs), len(unit.params), len(unit.buffers))
-        # BackLink walks a segment's backward again for the next loss (retain_graph=True),
-        # which AOTAutograd's donated buffers forbid; the setting is read when fn compiles
-        with torch._functorch.config.patch(donated_buffer=False):
-            vals.update(zip(exports, fn(*args)))
+        vals.update(zip(exports, fn(*args)))
 
     def _forward_segment(self, j: int, orig: dict, producer: dict) -> SegmentRecord:
         s, e = self.plan.segments[j]
