@@ -45,8 +45,9 @@ from threadpoolctl import threadpool_limits
 
 from backlink.reference import primitives
 from backlink.reference.backend import ReferenceBackend
+from backlink.reference.flops import op_flops
 from backlink.reference.models import build_model, even_cuts, init_params, make_partition
-from backlink.spec import Batch, Method, Optimizer, Problem
+from backlink.spec import Batch, Method, Optimizer, Problem, module_bounds, tail_bounds
 
 sys.path.insert(0, str(Path(__file__).parent))
 from plain_torch import PlainStep  # noqa: E402
@@ -141,11 +142,39 @@ def table(args, threads, batches) -> dict:
     links = [(K, units) for kind, K, units in CONFIGS[args.configs] if kind == "backlink"
              and ("greedy", K, units) in out]
     if links:
-        print(f"backlink/greedy step, {threads} thread(s):")
+        print(f"backlink/greedy step, {threads} thread(s) (FLOPs: the arithmetic floor, see link_flops):")
         for K, units in links:
             b, g = out["backlink", K, units], out["greedy", K, units]
-            print(f"  K={K} P=1 {units:<6}" + "".join(f"  {n} {bi / gi:.2f}x" for n, bi, gi in zip(names, b, g)))
+            print(f"  K={K} P=1 {units:<6}" + "".join(f"  {n} {bi / gi:.2f}x" for n, bi, gi in zip(names, b, g))
+                  + f"  FLOPs {link_flops(args.depth, K, units):.2f}x")
     return out
+
+
+def link_flops(depth: int, K: int, units: str) -> float:
+    """BackLink (P = 1) / greedy trunk FLOPs of one step, in the reference's order (BL-7.2):
+    no discarded input cotangent, each tail weight gradient once. The link adds, per module
+    k > 1, the input cotangent at module k's entry and the tail's internal input-cotangent
+    VJPs; nothing an implementation of BL-3.7 can skip. Heads are left out (both have them).
+    """
+    g = build_model(f"resnet{depth}", input_shape=(32, 32, 3), num_classes=10, granularity=units)
+    method = Method("backlink", link_length=1)
+    bounds = module_bounds(len(g.units), make_partition(g, even_cuts(g, K)), method)
+
+    def vjp_inputs(u, entry_only=False):  # FLOPs of the input-cotangent VJPs (GEMM weight VJPs excluded)
+        x, total = u.ops[0].inputs[0], 0.0
+        for op in u.ops:
+            f, b = op_flops(op, g.shapes)
+            gemm = op.prim in ("conv2d", "linear")
+            if not entry_only or (gemm and x in op.inputs):
+                total += b - f if gemm else (0.0 if entry_only else b)
+        return total
+
+    total = sum(sum(op_flops(op, g.shapes)) for u in g.units for op in u.ops)
+    greedy = total - sum(vjp_inputs(g.units[a], entry_only=True) for a, _ in bounds)
+    link = sum(vjp_inputs(g.units[i]) for k in range(1, len(bounds)) for i in range(*tail_bounds(bounds, k, method)))
+    link += sum(vjp_inputs(g.units[bounds[k][0]], True) - vjp_inputs(g.units[tail_bounds(bounds, k, method)[0]], True)
+                for k in range(1, len(bounds)))
+    return (greedy + link) / greedy
 
 
 def blas_check(args, threads, batches) -> None:
