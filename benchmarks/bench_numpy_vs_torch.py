@@ -223,13 +223,18 @@ def profile(args, batch) -> None:
     params, buffers = init_params(graph, part, seed=0, dtype="float32")
     problem = Problem(graph, part, Method("backlink", link_length=1), Optimizer(lr=0.1, momentum=0.9), dtype="float32")
     with threadpool_limits(limits=1, user_api="blas"):
-        runner = ReferenceBackend().prepare(problem, params, buffers)
+        profile_step(ReferenceBackend().prepare(problem, params, buffers), batch,
+                     "NumPy reference, one BackLink K=8 P=1 step, 1 thread")
+
+
+def profile_step(runner, batch, title: str) -> None:
+    """Print the time per primitive of one step of a reference runner (after a warm-up step)."""
+    runner.step(batch)
+    with timed_primitives() as totals:
+        t = time.process_time()
         runner.step(batch)
-        with timed_primitives() as totals:
-            t = time.process_time()
-            runner.step(batch)
-            step = time.process_time() - t
-    print(f"\nNumPy reference, one BackLink K=8 P=1 step, 1 thread: {step:.3f} s CPU; time per primitive:")
+        step = time.process_time() - t
+    print(f"\n{title}: {step:.3f} s CPU; time per primitive:")
     for (name, kind), s in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {name:>15s} {kind:10s} {s:7.3f} s  {s / step:6.1%}")
     rest = step - sum(totals.values())

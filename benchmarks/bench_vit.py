@@ -18,13 +18,18 @@ import time
 
 import numpy as np
 import torch
-from bench_numpy_vs_torch import blas_threads, median_steps, profile
-from threadpoolctl import threadpool_limits
+from bench_numpy_vs_torch import median_steps, profile_step
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from backlink.backends.torch_backend import TorchBackend
 from backlink.reference.backend import ReferenceBackend
 from backlink.reference.models import even_cuts, init_params, make_partition, vit
 from backlink.spec import Batch, LRSchedule, Method, Optimizer, Problem
+
+
+def blas_threads() -> int:
+    """NumPy's BLAS thread count (1 if threadpoolctl finds no BLAS)."""
+    return next((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), 1)
 
 
 def main(argv=None) -> None:
@@ -72,7 +77,9 @@ def main(argv=None) -> None:
             print(f"{name:<22} {t_np:>10.3f} {t_torch:>10.3f} {t_np / t_torch:>11.2f}x")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         if args.profile:
-            profile(graph, part, params, buffers, batches[0], Method("backlink", link_length=args.P), opt)
+            problem = Problem(graph, part, Method("backlink", link_length=args.P), opt, dtype="float32")
+            profile_step(ReferenceBackend().prepare(problem, params, buffers), batches[0],
+                         f"NumPy reference, one BackLink K={args.K} P={args.P} step, {threads} BLAS thread(s)")
 
 
 if __name__ == "__main__":
