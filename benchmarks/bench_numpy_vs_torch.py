@@ -160,20 +160,24 @@ def link_flops(depth: int, K: int, units: str) -> float:
     method = Method("backlink", link_length=1)
     bounds = module_bounds(len(g.units), make_partition(g, even_cuts(g, K)), method)
 
-    def vjp_inputs(u, entry_only=False):  # FLOPs of the input-cotangent VJPs (GEMM weight VJPs excluded)
+    def input_vjps(u, entry_only=False):
+        """FLOPs of unit ``u``'s input-cotangent VJPs (a GEMM's backward less its weight VJP);
+        ``entry_only``: only those of the GEMMs reading the unit's input."""
         x, total = u.ops[0].inputs[0], 0.0
         for op in u.ops:
             f, b = op_flops(op, g.shapes)
             gemm = op.prim in ("conv2d", "linear")
-            if not entry_only or (gemm and x in op.inputs):
-                total += b - f if gemm else (0.0 if entry_only else b)
+            if entry_only:
+                total += b - f if gemm and x in op.inputs else 0.0
+            else:
+                total += b - f if gemm else b
         return total
 
     total = sum(sum(op_flops(op, g.shapes)) for u in g.units for op in u.ops)
-    greedy = total - sum(vjp_inputs(g.units[a], entry_only=True) for a, _ in bounds)
-    link = sum(vjp_inputs(g.units[i]) for k in range(1, len(bounds)) for i in range(*tail_bounds(bounds, k, method)))
-    link += sum(vjp_inputs(g.units[bounds[k][0]], True) - vjp_inputs(g.units[tail_bounds(bounds, k, method)[0]], True)
-                for k in range(1, len(bounds)))
+    greedy = total - sum(input_vjps(g.units[a], entry_only=True) for a, _ in bounds)
+    tails = {k: tail_bounds(bounds, k, method) for k in range(1, len(bounds))}
+    link = sum(input_vjps(g.units[i]) for t0, t1 in tails.values() for i in range(t0, t1))
+    link += sum(input_vjps(g.units[bounds[k][0]], True) - input_vjps(g.units[t0], True) for k, (t0, _) in tails.items())
     return (greedy + link) / greedy
 
 

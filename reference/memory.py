@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from backlink.spec import DTYPES, INPUT, Graph, Method, Optimizer, Partition, SpecError, module_bounds, tail_bounds, validate
+from backlink.spec import (DTYPES, INPUT, Graph, Method, Optimizer, Partition, SpecError, module_bounds, tail_bounds,
+                           validate)
 from backlink.spec.shapes import infer_shapes
 
 from .primitives import PRIMS

@@ -29,12 +29,9 @@ from typing import Callable
 import torch
 import torch._functorch.config as functorch_config
 
-from backlink.spec import INPUT
-
 from .backend import TorchBackend
 from .ops import OPS
 from .runner import TorchRunner
-from .segments import SegmentRecord
 
 __all__ = ["CompiledTorchBackend", "CompiledTorchRunner", "COMPILATIONS", "compiled_units"]
 
@@ -129,18 +126,6 @@ class CompiledTorchRunner(TorchRunner):
                 + [self.buffers[b.id] for b in unit.buffers])
         fn = _compiled(structure, args, len(inputs), len(unit.params), len(unit.buffers))
         vals.update(zip(exports, fn(*args)))
-
-    def _forward_segment(self, j: int, orig: dict, producer: dict) -> SegmentRecord:
-        s, e = self.plan.segments[j]
-        leaves = {v: orig[v].detach().requires_grad_(v != INPUT) for v in self.reads[j]}
-        vals = dict(leaves)
-        for i in range(s, e):
-            self._run_unit(i, vals)
-        outputs = {v: vals[v] for v in self.keeps[j]}
-        orig.update(outputs)
-        producer.update(dict.fromkeys(outputs, j))
-        params = [(p.id, self.params[p.id]) for u in self.problem.graph.units[s:e] for p in u.params]
-        return SegmentRecord(leaves, outputs, params)
 
 
 class CompiledTorchBackend(TorchBackend):

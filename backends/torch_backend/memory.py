@@ -25,9 +25,9 @@ class CudaStepMemory:
     """Bytes above what was allocated before the step (parameters and buffers).
 
     ``peak``: the allocator's high-water mark during the step (the step's copy of the
-    batch included). ``persistent``: still
-    allocated after it (optimizer state). ``state``: gradients + optimizer state (SGD momentum or
-    AdamW's moments) as BL-7.4 counts them. ``activations``: ``peak - state``, the part that the step's
+    batch included). ``persistent``: still allocated after it (optimizer state).
+    ``state``: gradients + optimizer state (SGD momentum or AdamW's moments) as BL-7.4
+    counts them. ``activations``: ``peak - state``, the part that the step's
     activations, cotangents and workspaces took at the peak (an estimate: the
     gradients need not all be live at the peak). All None, with ``reason``, when no
     CUDA device can be used.

@@ -160,14 +160,18 @@ class TorchRunner:
         s, e = self.plan.segments[j]
         leaves = {v: orig[v].detach().requires_grad_(v != INPUT) for v in self.reads[j]}
         vals = dict(leaves)
-        for unit in self.problem.graph.units[s:e]:
-            for op in unit.ops:
-                apply_op(op, vals, self.params, self.buffers)
+        for i in range(s, e):
+            self._run_unit(i, vals)
         outputs = {v: vals[v] for v in self.keeps[j]}
         orig.update(outputs)
         producer.update(dict.fromkeys(outputs, j))
         params = [(p.id, self.params[p.id]) for u in self.problem.graph.units[s:e] for p in u.params]
         return SegmentRecord(leaves, outputs, params)
+
+    def _run_unit(self, i: int, vals: dict) -> None:
+        """Forward unit ``i`` of the graph, adding its values to ``vals`` (training mode)."""
+        for op in self.problem.graph.units[i].ops:
+            apply_op(op, vals, self.params, self.buffers)
 
     def _free(self, k: int, b: int, records: dict, orig: dict, producer: dict) -> None:
         """Drop the graphs no later loss walks and values no later forward reads."""
