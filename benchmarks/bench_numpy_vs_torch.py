@@ -2,7 +2,7 @@
 
     python benchmarks/bench_numpy_vs_torch.py [--depth 32] [--batch 128] [--repeats 3]
         [--threads 1 2] [--configs all|block|quick] [--numpy-threading workers|blas]
-        [--no-plain] [--blas-check] [--profile] [--demo]
+        [--no-plain] [--blas-check] [--profile] [--demo] [--malloc keep|default]
 
 Three peers run one synchronous training step (forward, BL-3.7 gradients, SGD with
 momentum) of a CIFAR ResNet on 32x32x3 float32 inputs, for BP, greedy and BackLink
@@ -25,7 +25,12 @@ Then, from the same numbers, backlink/greedy step ratios per peer.
 n OpenBLAS threads (the design choice of backlink.reference.parallel). ``--profile``:
 the reference's time per primitive in one BackLink step. ``--demo``: one epoch of the
 README demo (resnet8 on mnist5k, K=4, P=1, batch 64) per method on the reference,
-process CPU time at 1 thread; runs on older versions of the package too, to compare.
+process CPU time at 1 thread; runs on older versions of the package too, to compare
+(with ``--malloc default`` before experiments/allocator.py existed).
+
+``--malloc keep`` (the default) keeps freed memory in the process, as the ``backlink``
+command does; ``default`` leaves glibc's thresholds. All peers share the process, so
+both settings compare them alike.
 """
 from __future__ import annotations
 
@@ -276,7 +281,16 @@ def main(argv=None) -> None:
     ap.add_argument("--blas-check", action="store_true")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--demo", action="store_true", help="only the README demo epoch")
+    ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                    help="keep: freed memory stays in the process, as under the backlink command "
+                         "(experiments/allocator.py); default: glibc's own thresholds")
     args = ap.parse_args(argv)
+    if args.malloc == "keep":
+        try:
+            from backlink.experiments.allocator import keep_freed_memory
+        except ImportError:  # a package version from before it (--demo runs on those too)
+            sys.exit("--malloc keep: this backlink has no experiments.allocator; use --malloc default")
+        keep_freed_memory()
     if args.demo:
         return demo_epoch()
     rng = np.random.default_rng(0)

@@ -7,6 +7,8 @@ import json
 import shlex
 import sys
 
+from .allocator import keep_freed_memory
+
 __all__ = ["main", "build_parser"]
 
 MAIN_HELP = "BackLink local training: train and compare BP, greedy local and BackLink."

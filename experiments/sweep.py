@@ -22,6 +22,7 @@ from pathlib import Path
 from backlink.spec import SpecError
 
 from . import data as datasets
+from .allocator import keep_freed_memory
 from .checkpoints import CHECKPOINT
 from .train import RESULT, RunConfig, TrainingDiverged, build_problem, train
 
@@ -136,6 +137,7 @@ def _init_worker(q) -> None:
     """Runs in each worker; its one thread comes from THREAD_VARS, set before the spawn."""
     global _QUEUE
     _QUEUE = q
+    keep_freed_memory()
 
 
 def _run_cell(cfg: RunConfig, on_step=None) -> dict:

@@ -1,4 +1,4 @@
-"""Opt-in worker threads for the reference's convolutions (NumPy only).
+"""Opt-in worker threads for the reference's convolutions, batch norm and ReLU (NumPy only).
 
 A blocked convolution (:mod:`.primitives`) runs many small GEMMs, one per group of
 images, with few output columns. Multi-threaded OpenBLAS splits each of those GEMMs
@@ -7,12 +7,14 @@ computing: measured on 2 cores, a step with 2 BLAS threads was no faster than wi
 So the reference parallelises one level up, over the groups of images: inside
 ``with threads(n):`` each convolution hands contiguous runs of its groups to ``n``
 threads (the caller and ``n - 1`` workers), and BLAS is held at one thread, so each
-thread runs single-threaded GEMMs on its own images. NumPy releases the GIL inside
-GEMMs and array copies, which is where a convolution spends its time.
+thread runs single-threaded GEMMs on its own images. Batch norm and ReLU share their
+row blocks the same way. NumPy releases the GIL inside GEMMs, array copies and
+elementwise loops, which is where these primitives spend their time.
 
-Results do not depend on the thread count: every group's output is computed alone,
-and per-group weight-gradient products are summed in group order whatever thread
-made them, so ``threads(n)`` gives the same bits for every ``n``.
+Results do not depend on the thread count: groups and blocks are cut the same way for
+every ``n``, each one's output is computed alone, and per-group (per-block) sums are
+added in order whatever thread made them, so ``threads(n)`` gives the same bits for
+every ``n``.
 Holding BLAS at one thread needs ``threadpoolctl`` (the ``threads`` extra); without
 ``threads(...)`` nothing here is used and BLAS keeps its own setting.
 """
