@@ -37,10 +37,11 @@ __all__ = ["Primitive", "PRIMS", "cross_entropy", "cross_entropy_vjp"]
 #   row per (image, padded row, output column): k times the input, not k*k, copied k*c
 #   numbers at a time, not c. Output row j of a group is then sum_ki R[j + ki*wo] @ W[ki],
 #   k GEMMs on shifted slices of R; the last k-1 padded rows of an image start no output
-#   row, so those sums read into the next image and are dropped. Measured on a ResNet's
-#   32x32, 16-channel stage: forward and both VJPs 1.3x faster than im2col. On small images
-#   the dropped rows cost more than im2col's copy saves (8x8x64: 1.3x slower), so im2col
-#   stays for those, and for strided convolutions (a shift cannot skip rows).
+#   row, so those sums read into the next image and are dropped. Measured on 1 core, a
+#   ResNet's 32x32x16 stage: forward and both VJPs 1.2x faster than im2col (34 vs 41 ms).
+#   On small images the dropped rows cost more than im2col's copy saves (8x8x64: 1.15x
+#   slower), so im2col stays for those, and for strided convolutions (a shift cannot skip
+#   rows).
 
 #: Target bytes of one group's patch matrix (as im2col would build it; NumPy). One size for
 #: every thread count, so the weight gradient's sum over groups, and so every result, is the
@@ -146,11 +147,11 @@ def _row_plan(x, k, stride, pad):
     return plan if stride == 1 and plan.ho >= ROWS_PER_DROPPED * (k - 1) and plan.c >= ROW_CHANNELS else None
 
 
-def _conv_rows(x, w, pad, y):
-    """Writes the stride-1 convolution of ``x`` (zero-padded by ``pad``) with HWIO ``w`` into y."""
+def _conv_rows(x, w, plan, y):
+    """Writes the stride-1 convolution of ``x`` with HWIO ``w`` into y, by row patches."""
     xp = array_namespace(x)
     k, _, c, o = w.shape
-    plan, w3 = _RowPlan(k, pad, *x.shape[1:]), w.reshape(k, k * c, o)
+    w3 = w.reshape(k, k * c, o)
 
     def scratch(m):
         return plan.scratch(xp, m, x.dtype) + (xp.empty((2, m * plan.hp * plan.wo, o), y.dtype),)
@@ -180,8 +181,8 @@ def _conv(x, w, stride, pad):
     k, _, _, o = w.shape
     ho, wo = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
     y = xp.empty((n, ho, wo, o), xp.result_type(x, w))
-    if _row_plan(x, k, stride, pad):
-        return _conv_rows(x, w, pad, y)
+    if plan := _row_plan(x, k, stride, pad):
+        return _conv_rows(x, w, plan, y)
     w2, width = w.reshape(-1, o), k * k * c
 
     def group(s, buf):  # y's rows of group s: one GEMM on the group's patches
