@@ -9,6 +9,7 @@ worker processes, each with one BLAS/torch thread.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -229,10 +230,28 @@ def _execute(configs: list[RunConfig], jobs: int, bar, tick=lambda: None) -> Non
             _run_cell(cfg, (lambda _: bar.update()) if bar else None)
             tick()
         return
+    with _one_thread_children():
+        _execute_in_workers(configs, jobs, bar, tick)
+
+
+@contextlib.contextmanager
+def _one_thread_children():
+    """THREAD_VARS at 1 while the block runs (spawned workers inherit them), then as before."""
+    before = {var: os.environ.get(var) for var in THREAD_VARS}
+    os.environ.update(dict.fromkeys(THREAD_VARS, "1"))
+    try:
+        yield
+    finally:
+        for var, value in before.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def _execute_in_workers(configs: list[RunConfig], jobs: int, bar, tick) -> None:
     import multiprocessing as mp
 
-    for var in THREAD_VARS:  # inherited by the spawned workers: one thread each
-        os.environ[var] = "1"
     ctx = mp.get_context("spawn")
     manager = ctx.Manager()
     q = manager.Queue()

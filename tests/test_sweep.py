@@ -1,6 +1,7 @@
 """backlink sweep: cells, skip/resume after a kill, worker processes, aggregates, plots."""
 import csv
 import json
+import os
 
 import pytest
 from threadpoolctl import threadpool_limits
@@ -9,7 +10,7 @@ from backlink.experiments import data as datasets
 from backlink.experiments import sweep as sweep_module
 from backlink.experiments.aggregate import format_summary, summarize
 from backlink.experiments.cli import main
-from backlink.experiments.sweep import Grid, cells, run_sweep
+from backlink.experiments.sweep import THREAD_VARS, Grid, cells, run_sweep
 from backlink.experiments.train import RunConfig
 from backlink.spec import SpecError
 
@@ -66,8 +67,10 @@ def test_two_worker_processes_give_the_one_process_table(tmp_path):
     grid = Grid(methods=("greedy", "backlink"), Ks=(2,), Ps=(1,), seeds=(0,))
     with threadpool_limits(limits=1):  # as in the workers: BLAS sums then add up in the same order
         one = summarize(run_sweep(BASE, grid, str(tmp_path / "one"), progress=False))
+    before = {var: os.environ.get(var) for var in THREAD_VARS}
     two = summarize(run_sweep(BASE, grid, str(tmp_path / "two"), jobs=2, progress=False))
     assert table(two) == table(one)
+    assert {var: os.environ.get(var) for var in THREAD_VARS} == before  # the workers' setting only
 
 
 def test_a_rerun_with_other_settings_is_refused(tmp_path):
