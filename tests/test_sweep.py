@@ -118,6 +118,15 @@ def test_cli_sweep_writes_table_csv_json_and_plots(tmp_path, capsys):
         assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000
 
 
+def test_report_shows_machine_paths_as_placeholders():
+    from backlink.experiments.report import portable
+
+    cmd = "backlink sweep --data-root '/home/a b/fm' --epochs 2 --out /srv/runs/fm60k --K 4"
+    assert portable(cmd) == "backlink sweep --data-root DATA --epochs 2 --out runs/fm60k --K 4"
+    assert portable("backlink sweep --data-root=/x/y --out=r/z") == "backlink sweep --data-root=DATA --out=runs/z"
+    assert portable("backlink sweep --model cnn") == "backlink sweep --model cnn"
+
+
 def test_report_rewrites_only_the_marked_block_and_is_reproducible(tmp_path):
     from backlink.experiments import report
 
@@ -138,6 +147,7 @@ def test_report_rewrites_only_the_marked_block_and_is_reproducible(tmp_path):
     assert report.main([str(results / "t.json"), "--name", "t", "--results-dir", str(results),
                         "--page", str(page)]) == 0
     assert page.read_text() == text
+    assert str(sweep_dir) not in text and "--out runs/sweep" in text  # no path of this machine
     (tmp_path / "bare.md").write_text("no markers\n")
     assert report.main([str(results / "t.json"), "--name", "t", "--results-dir", str(results),
                         "--page", str(tmp_path / "bare.md"), "--no-plots"]) == 2
