@@ -46,17 +46,18 @@ def _duration(seconds: float) -> str:
 def portable(command: str) -> str:
     """The command with this machine's paths replaced: ``--data-root DATA``, ``--out runs/NAME``
     (the committed JSON keeps the command exactly as it ran)."""
+    def placeholder(option, value):
+        return "DATA" if option == "--data-root" else f"runs/{Path(value).name}"
+
     words = shlex.split(command)
     for i, word in enumerate(words):
         option, eq, value = word.partition("=")
-        if option not in ("--data-root", "--out") or not (eq or i + 1 < len(words)):
+        if option not in ("--data-root", "--out"):
             continue
-        value = value if eq else words[i + 1]
-        new = "DATA" if option == "--data-root" else f"runs/{Path(value).name}"
-        if eq:
-            words[i] = f"{option}={new}"
-        else:
-            words[i + 1] = new
+        if eq:  # --option=value
+            words[i] = f"{option}={placeholder(option, value)}"
+        elif i + 1 < len(words):  # --option value
+            words[i + 1] = placeholder(option, words[i + 1])
     return shlex.join(words)
 
 

@@ -83,13 +83,13 @@ def _groups(x, rows_per_image: int, width: int) -> list:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _for_groups(x, rows_per_image, width, body, scratch):
-    """``body(s, buffers)`` for every image group s, on the active threads; per-run results.
+def _for_groups(x, rows_per_image, width, body, scratch) -> list:
+    """``[body(s, buffers) for s in groups]`` over the image groups, on the active threads.
     ``scratch(m)`` makes one run's buffers for groups of up to m images."""
     def run(groups):
         buffers = scratch(groups[0].stop - groups[0].start)  # the first group is the largest
         return [body(s, buffers) for s in groups]
-    return map_runs(run, _groups(x, rows_per_image, width))
+    return [r for results in map_runs(run, _groups(x, rows_per_image, width)) for r in results]
 
 
 @dataclass(frozen=True)
@@ -216,14 +216,13 @@ def conv2d_dw(saved, g):
             gf = gp.reshape(-1, o)[:n]
             return xp.stack([R[ki * plan.wo:ki * plan.wo + n].T @ gf for ki in range(k)])
 
-        parts = _for_groups(x, plan.ho * plan.wo, k * k * c, product, scratch)
+        products = _for_groups(x, plan.ho * plan.wo, k * k * c, product, scratch)
     else:
         g3, width = g.reshape(g.shape[0], -1, o), k * k * c  # (n, Ho*Wo, o)
-        parts = _for_groups(x, g3.shape[1], width,
-                            lambda s, buf: _im2col(x[s], k, stride, padding, buf)[0].T @ g3[s].reshape(-1, o),
-                            _patch_buffer(x, g3.shape[1], width))
-    products = [p for run in parts for p in run]  # fresh arrays: the first can take the sum
-    dw = products[0]
+        products = _for_groups(x, g3.shape[1], width,
+                               lambda s, buf: _im2col(x[s], k, stride, padding, buf)[0].T @ g3[s].reshape(-1, o),
+                               _patch_buffer(x, g3.shape[1], width))
+    dw = products[0]  # fresh arrays, in group order: the first can take the sum
     for p in products[1:]:
         dw += p
     return (dw.reshape(w.shape),)
@@ -431,7 +430,7 @@ def maxpool_vjp(saved, g):
 
 # --- the rest: one-liners ---------------------------------------------------------
 
-def _rows(*arrays):
+def _as_rows(*arrays):
     """Same-shaped arrays as (rows, last axis) views, for _each_block."""
     return [a.reshape(-1, a.shape[-1]) for a in arrays]
 
@@ -441,7 +440,7 @@ def relu(x):
         return kern.relu(x)
     xp = array_namespace(x)
     y, mask = xp.empty_like(x), xp.empty(x.shape, bool)
-    x2, y2, m2 = _rows(x, y, mask)
+    x2, y2, m2 = _as_rows(x, y, mask)
     _each_block(x2, lambda s: xp.greater(xp.maximum(x2[s], 0, out=y2[s]), 0, out=m2[s]))
     return y, mask  # derivative 0 at x == 0, as PyTorch
 
@@ -449,7 +448,7 @@ def relu(x):
 def relu_vjp(mask, g):
     xp = array_namespace(g)
     dx = xp.empty(g.shape, g.dtype)
-    g2, m2, d2 = _rows(g, mask, dx)
+    g2, m2, d2 = _as_rows(g, mask, dx)
     _each_block(g2, lambda s: xp.multiply(g2[s], m2[s], out=d2[s]))
     return (dx,)
 

@@ -67,7 +67,7 @@ def test_gloo_failing_rank_stops_every_rank(fault, capfd):
     start = time.monotonic()
     with pytest.raises(Exception) as info:
         run_torch_distributed(problem, make_batches(problem, 6), timeout_s=4, fail_at=fault)
-    assert time.monotonic() - start < 150  # ranks give up after 4 s; spawning them under load took up to 66 s
+    assert time.monotonic() - start < 60
     assert type(info.value).__name__ == "ProcessRaisedException"
     err = capfd.readouterr().err
     if len(fault) == 2:
