@@ -1,11 +1,11 @@
 """Convolution designs of the NumPy reference, timed side by side in one run.
 
-    python benchmarks/bench_conv_designs.py [--batch 128] [--repeats 5] [--threads 1] [--step]
+    python benchmarks/bench_conv_designs.py [--batch 128] [--repeats 5] [--threads 1] [--step] [--pair]
 
 Per stage of a CIFAR ResNet (32x32x16, 16x16x32, 8x8x64; 3x3, stride 1, padding 1), the
 median time of:
 
-- ``im2col`` and ``rows``: the reference's two patch designs (reference/primitives.py),
+- ``im2col`` and ``rows``: the reference's two patch designs (reference/conv.py),
   each forced on every stage, forward and forward + both VJPs (the reference picks rows
   where they pay: see ROWS_PER_DROPPED);
 - ``9 GEMMs``: a rejected prototype, nine GEMMs on shifted slices of the flat padded image
@@ -17,18 +17,27 @@ median time of:
 (the reference's rule) or im2col everywhere, at image groups of 1, 2 and 4 MB,
 interleaved step by step (the choice of ROWS_PER_DROPPED and COLUMN_BYTES).
 With 1 thread the clock is process CPU time, with more wall time.
+
+``--pair``: where two worker threads lose against two cores. Per stage, the reference's
+forward convolution (single-threaded BLAS) run alone, twice at once in two threads of one
+process, and twice at once in two processes; wall ms per convolution. What two threads lose
+and two processes do not is lost in the process: each NumPy call gives up the GIL and takes
+it back, and short calls wait for it (the row-patch stage makes the most calls); what both
+lose is lost to the shared hardware.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
+import threading
 import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from backlink.experiments.allocator import keep_freed_memory
-from backlink.reference import parallel, primitives as P
+from backlink.reference import conv as C, parallel
 
 STAGES = [(32, 16), (16, 32), (8, 64)]  # (image size, channels)
 IM2COL, ROWS = 10 ** 9, 0  # ROWS_PER_DROPPED values: never row patches / always
@@ -103,14 +112,14 @@ def stages(args, clock) -> None:
         x = rng.standard_normal((args.batch, size, size, ch), dtype=np.float32)
         w = (0.1 * rng.standard_normal((3, 3, ch, ch))).astype(np.float32)
         times, ref = {}, None
-        P.ROW_CHANNELS = 0
+        C.ROW_CHANNELS = 0
         for name, rule in (("im2col", IM2COL), ("rows", ROWS)):
-            P.ROWS_PER_DROPPED = rule
-            y, saved = P.conv2d(x, w, kernel=3, out=ch, stride=1, padding=1)
+            C.ROWS_PER_DROPPED = rule
+            y, saved = C.conv2d(x, w, kernel=3, out=ch, stride=1, padding=1)
             g = rng.standard_normal(y.shape, dtype=np.float32)
             ref = y if ref is None else ref
-            fwd = median_ms(lambda: P.conv2d(x, w, kernel=3, out=ch, stride=1, padding=1), args.repeats, clock)
-            vjps = median_ms(lambda: (P.conv2d_dx(saved, g), P.conv2d_dw(saved, g)), args.repeats, clock)
+            fwd = median_ms(lambda: C.conv2d(x, w, kernel=3, out=ch, stride=1, padding=1), args.repeats, clock)
+            vjps = median_ms(lambda: (C.conv2d_dx(saved, g), C.conv2d_dw(saved, g)), args.repeats, clock)
             times[name] = (fwd, fwd + vjps)
         scale = np.abs(ref).max()
         for name, f in (("9 GEMMs", lambda: nine_gemms(x, w)), ("winograd", lambda: winograd(x, w, {}, clock))):
@@ -140,14 +149,14 @@ def steps(args, clock) -> None:
     rng = np.random.default_rng(0)
     batch = Batch(rng.standard_normal((args.batch, 32, 32, 3), dtype=np.float32), rng.integers(0, 10, args.batch), 0)
     runner = ReferenceBackend(threads=args.threads).prepare(problem, params, buffers)
-    default = f"rows where they pay, {P.COLUMN_BYTES >> 20} MB"
-    rules = (("rows", P.ROWS_PER_DROPPED), ("im2col", IM2COL))
+    default = f"rows where they pay, {C.COLUMN_BYTES >> 20} MB"
+    rules = (("rows", C.ROWS_PER_DROPPED), ("im2col", IM2COL))
     designs = {f"{name} {mb} MB": (rule, mb << 20) for name, rule in rules for mb in (1, 2, 4)}
     times = {d: [] for d in designs}
     runner.step(batch)
     for _ in range(args.repeats):
         for d, (rule, group) in designs.items():
-            P.ROWS_PER_DROPPED, P.COLUMN_BYTES = rule, group
+            C.ROWS_PER_DROPPED, C.COLUMN_BYTES = rule, group
             t = clock()
             runner.step(batch)
             times[d].append(clock() - t)
@@ -157,24 +166,60 @@ def steps(args, clock) -> None:
         print(f"  {d:<12} {statistics.median(ts):7.3f}")
 
 
+def convs_for(seconds, size, ch, batch):
+    """Median wall ms of the reference's forward convolution, repeated for ``seconds``."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, size, size, ch), dtype=np.float32)
+    w = (0.1 * rng.standard_normal((3, 3, ch, ch))).astype(np.float32)
+    times, end = [], time.perf_counter() + seconds
+    with threadpool_limits(limits=1, user_api="blas"):
+        C.conv2d(x, w, kernel=3, out=ch, stride=1, padding=1)
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            C.conv2d(x, w, kernel=3, out=ch, stride=1, padding=1)
+            times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def pair(args) -> None:
+    print(f"\ntwo convolutions at once (forward, batch {args.batch}, 1-thread BLAS each): wall ms per convolution")
+    spawn = multiprocessing.get_context("spawn")
+    for size, ch in STAGES:
+        job = (2.0, size, ch, args.batch)
+        alone = convs_for(*job)
+        threaded = []
+        runs = [threading.Thread(target=lambda: threaded.append(convs_for(*job))) for _ in range(2)]
+        for r in runs:
+            r.start()
+        for r in runs:
+            r.join()
+        with spawn.Pool(2) as pool:
+            processes = pool.starmap(convs_for, [job, job])
+        print(f"  {size}x{size}x{ch}: alone {alone:.1f}; two threads {max(threaded):.1f} "
+              f"({max(threaded) / alone:.2f}x); two processes {max(processes):.1f} ({max(processes) / alone:.2f}x)")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="the reference's worker threads (BLAS at 1)")
     ap.add_argument("--step", action="store_true", help="also whole BP steps per design and group size")
+    ap.add_argument("--pair", action="store_true", help="only: two convolutions at once, in threads vs processes")
     args = ap.parse_args(argv)
     keep_freed_memory()
+    if args.pair:
+        return pair(args)
     clock = time.process_time if args.threads == 1 else time.perf_counter
-    rule, channels, group = P.ROWS_PER_DROPPED, P.ROW_CHANNELS, P.COLUMN_BYTES
+    rule, channels, group = C.ROWS_PER_DROPPED, C.ROW_CHANNELS, C.COLUMN_BYTES
     with threadpool_limits(limits=1, user_api="blas"), parallel.threads(args.threads):
         try:
             stages(args, clock)
-            P.ROWS_PER_DROPPED, P.ROW_CHANNELS = rule, channels
+            C.ROWS_PER_DROPPED, C.ROW_CHANNELS = rule, channels
             if args.step:
                 steps(args, clock)
         finally:
-            P.ROWS_PER_DROPPED, P.ROW_CHANNELS, P.COLUMN_BYTES = rule, channels, group
+            C.ROWS_PER_DROPPED, C.ROW_CHANNELS, C.COLUMN_BYTES = rule, channels, group
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The blocked convolution (groups of images, optional worker threads) equals the one-block one.
 
-reference/primitives.py builds the patch matrix of a few images at a time (COLUMN_BYTES)
+reference/conv.py builds the patch matrix of a few images at a time (COLUMN_BYTES)
 and, inside ``parallel.threads(n)``, shares the groups among n threads. Tiny gradcheck
 inputs fit in one group, so these tests force one image per group and compare with the
 whole batch in one group; then with 2 threads, which must give the very same numbers.
@@ -10,7 +10,7 @@ default on large images, forced here by ROWS_PER_DROPPED = 0), which must agree.
 import numpy as np
 import pytest
 
-from backlink.reference import parallel, primitives
+from backlink.reference import conv, parallel, primitives
 from backlink.reference.gradcheck import check_primitive
 
 CASES = [  # (x shape, kernel, out channels, stride, padding)
@@ -20,9 +20,9 @@ CASES = [  # (x shape, kernel, out channels, stride, padding)
 
 
 def conv_all(x, w, k, o, stride, pad, g):
-    y, saved = primitives.conv2d(x, w, kernel=k, out=o, stride=stride, padding=pad)
-    dx, dw = primitives.conv2d_vjp(saved, g)
-    return y, dx, dw, primitives.conv2d_dx(saved, g)[0], primitives.conv2d_dw(saved, g)[0]
+    y, saved = conv.conv2d(x, w, kernel=k, out=o, stride=stride, padding=pad)
+    dx, dw = conv.conv2d_vjp(saved, g)
+    return y, dx, dw, conv.conv2d_dx(saved, g)[0], conv.conv2d_dw(saved, g)[0]
 
 
 def arrays(case, dtype, seed=0):
@@ -37,14 +37,14 @@ def arrays(case, dtype, seed=0):
 @pytest.fixture(params=["im2col", "rows"], autouse=True)
 def design(request, monkeypatch):
     """The patch design of stride-1 convolutions: im2col everywhere, or row patches everywhere."""
-    monkeypatch.setattr(primitives, "ROWS_PER_DROPPED", 10 ** 9 if request.param == "im2col" else 0)
-    monkeypatch.setattr(primitives, "ROW_CHANNELS", 0)
+    monkeypatch.setattr(conv, "ROWS_PER_DROPPED", 10 ** 9 if request.param == "im2col" else 0)
+    monkeypatch.setattr(conv, "ROW_CHANNELS", 0)
     return request.param
 
 
 @pytest.fixture
 def one_image_per_group(monkeypatch):
-    monkeypatch.setattr(primitives, "COLUMN_BYTES", 1)
+    monkeypatch.setattr(conv, "COLUMN_BYTES", 1)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -52,10 +52,10 @@ def one_image_per_group(monkeypatch):
 def test_row_patches_equal_im2col(case, dtype, monkeypatch):
     x, w, g = arrays(case, dtype, seed=4)
     _, k, o, stride, pad = case
-    monkeypatch.setattr(primitives, "ROWS_PER_DROPPED", 10 ** 9)
+    monkeypatch.setattr(conv, "ROWS_PER_DROPPED", 10 ** 9)
     cols = conv_all(x, w, k, o, stride, pad, g)
-    monkeypatch.setattr(primitives, "ROWS_PER_DROPPED", 0)
-    assert primitives._row_plan(x, k, stride, pad)
+    monkeypatch.setattr(conv, "ROWS_PER_DROPPED", 0)
+    assert conv._row_plan(x, k, stride, pad)
     rows = conv_all(x, w, k, o, stride, pad, g)
     eps = np.finfo(dtype).eps
     for name, a, b in zip(("y", "dx", "dw", "dx alone", "dw alone"), cols, rows):
@@ -66,9 +66,9 @@ def test_row_patches_equal_im2col(case, dtype, monkeypatch):
 def test_large_images_take_row_patches_small_ones_im2col(monkeypatch):
     monkeypatch.undo()  # the module's own setting, not the design fixture's
     big, small, thin = np.zeros((1, 16, 16, 8)), np.zeros((1, 15, 16, 8)), np.zeros((1, 16, 16, 7))
-    assert primitives._row_plan(big, 3, 1, 1) and primitives._row_plan(big, 1, 1, 0)
-    assert not primitives._row_plan(small, 3, 1, 1) and not primitives._row_plan(big, 3, 2, 1)
-    assert not primitives._row_plan(thin, 3, 1, 1)
+    assert conv._row_plan(big, 3, 1, 1) and conv._row_plan(big, 1, 1, 0)
+    assert not conv._row_plan(small, 3, 1, 1) and not conv._row_plan(big, 3, 2, 1)
+    assert not conv._row_plan(thin, 3, 1, 1)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -77,9 +77,9 @@ def test_groups_of_one_image_equal_one_group(case, dtype, monkeypatch):
     x, w, g = arrays(case, dtype)
     _, k, o, stride, pad = case
     whole = conv_all(x, w, k, o, stride, pad, g)
-    assert len(primitives._groups(x, 1, 1)) == 1
-    monkeypatch.setattr(primitives, "COLUMN_BYTES", 1)
-    assert len(primitives._groups(x, 1, 1)) == x.shape[0]
+    assert len(conv._groups(x, 1, 1)) == 1
+    monkeypatch.setattr(conv, "COLUMN_BYTES", 1)
+    assert len(conv._groups(x, 1, 1)) == x.shape[0]
     blocked = conv_all(x, w, k, o, stride, pad, g)
     eps = np.finfo(dtype).eps
     for name, a, b in zip(("y", "dx", "dw", "dx alone", "dw alone"), whole, blocked):

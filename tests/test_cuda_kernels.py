@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from backlink.backends.cupy_backend import kernels
-from backlink.reference.primitives import (_im2col, batchnorm, batchnorm_vjp, conv2d_vjp, maxpool,
-                                           maxpool_vjp, relu)
+from backlink.reference.conv import _im2col, conv2d_vjp
+from backlink.reference.primitives import batchnorm, batchnorm_vjp, maxpool, maxpool_vjp, relu
 from cuda_emulator import emulated
 
 DTYPES = ("float32", "float64")
@@ -257,14 +257,14 @@ def test_a_wrong_kernel_is_rejected():
         check_im2col(mutant, rand((1, 5, 5, 2), "float64", 13), 3, 1, 1)
 
 
-# --- the wiring: reference/primitives.py routed through the kernels ---------------------
+# --- the wiring: reference/primitives.py and conv.py routed through the kernels ----------
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("model", ["cnn", "resnet8"])
 def test_engine_through_emulated_kernels_is_bit_identical(monkeypatch, model, dtype):
     """BackLink gradients, losses and BN statistics of a whole step with every kernel
-    dispatch point of primitives.py taken (as on CuPy), against the plain NumPy path."""
-    from backlink.reference import primitives
+    dispatch point of primitives.py and conv.py taken (as on CuPy), against the plain NumPy path."""
+    from backlink.reference import conv, primitives
     from backlink.reference.backlink import gradients
     from backlink.reference.models import build_model, init_params, make_partition
     from backlink.spec import Method
@@ -281,12 +281,15 @@ def test_engine_through_emulated_kernels_is_bit_identical(monkeypatch, model, dt
     calls = []
     emu = emulated()
 
-    def route(*arrays):
-        calls.append(1)
-        return emu
-    monkeypatch.setattr(primitives, "kernels_for", route)
+    def route(module):
+        def kernels_for(*arrays):
+            calls.append(module.__name__)
+            return emu
+        return kernels_for
+    for module in (conv, primitives):
+        monkeypatch.setattr(module, "kernels_for", route(module))
     routed = gradients(graph, part, method, params, kernel_buffers, x, y)
-    assert calls, "no primitive asked for kernels"
+    assert set(calls) == {conv.__name__, primitives.__name__}, "a module's primitives never asked for kernels"
     assert routed[1] == plain[1]
     assert routed[0].keys() == plain[0].keys()
     for k in plain[0]:

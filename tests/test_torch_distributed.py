@@ -1,5 +1,6 @@
 """BL-4.2 on torch: TorchStage in one process, and one process per module over gloo,
 against the reference's PipelinedRunner (events exactly, values within tolerance)."""
+import re
 import time
 
 import numpy as np
@@ -63,15 +64,16 @@ def test_gloo_processes_match_reference():
 
 @pytest.mark.parametrize("fault", [(1, 2), (2, 3, "hang")])
 def test_gloo_failing_rank_stops_every_rank(fault, capfd):
+    """Each rank's wait is bounded by timeout_s (4 s here, against gloo's default of 30 min),
+    timed inside the ranks, from their first tick: spawning them is not (66 s at load 10)."""
     problem = make_problem(Method("backlink", 1))
-    start = time.monotonic()
     with pytest.raises(Exception) as info:
         run_torch_distributed(problem, make_batches(problem, 6), timeout_s=4, fail_at=fault)
-    assert time.monotonic() - start < 60
     assert type(info.value).__name__ == "ProcessRaisedException"
     err = capfd.readouterr().err
     if len(fault) == 2:
-        assert f"rank {fault[0]} (module {fault[0] + 1}) failed at tick {fault[1]}" in err
+        assert f"rank {fault[0]} (module {fault[0] + 1}) failed at tick {fault[1]}, " in err
         assert "injected fault" in err
-    else:  # a neighbour of the hanging rank gives up after the timeout
-        assert "failed at tick" in err
+    # the first rank to fail: the faulty one, or a neighbour of the hanging one after its timeout
+    seconds = float(re.search(r"failed at tick \d+, ([\d.]+) s into its ticks", err).group(1))
+    assert seconds < 30

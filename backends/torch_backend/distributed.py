@@ -287,17 +287,18 @@ def _rank_main(rank, K, port, problem, data, params, buffers, timeout_s, fail_at
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // K))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=K,
                             timeout=datetime.timedelta(seconds=timeout_s))
-    stage = None
+    stage = begun = None
     try:
         stage = TorchStage(problem, rank + 1, params, buffers)
         del params, buffers  # this rank keeps only its module's values
         n_max = max((len(b.y) for b in data), default=1)
+        begun = time.monotonic()
         mine = _tick_loop(stage, data, n_max, timeout_s, fail_at)
         host = lambda d: {k: v.detach().cpu().numpy().copy() for k, v in d.items()}  # noqa: E731
         queue.put({"k": rank + 1, "params": host(stage.params), "buffers": host(stage.buffers), **mine})
     except BaseException as err:
         tick = getattr(stage, "tick", None)
-        at = "" if tick is None else f" at tick {tick}"
+        at = "" if tick is None else f" at tick {tick}, {time.monotonic() - begun:.1f} s into its ticks"
         sys.stderr.write(f"backlink torch distributed: rank {rank} (module {rank + 1}) failed{at}: "
                          f"{type(err).__name__}: {err}; stopping every rank\n{traceback.format_exc()}")
         sys.stderr.flush()
