@@ -8,6 +8,8 @@ median time of:
 - ``im2col`` and ``rows``: the reference's two patch designs (reference/conv.py),
   each forced on every stage, forward and forward + both VJPs (the reference picks rows
   where they pay: see ROWS_PER_DROPPED);
+- ``GEMM alone``: the forward's arithmetic at OpenBLAS's rate, one GEMM on the whole
+  im2col patch matrix built beforehand (a design at this time spends nothing on patches);
 - ``9 GEMMs``: a rejected prototype, nine GEMMs on shifted slices of the flat padded image
   (no patch copy at all, K = c), forward only;
 - ``winograd``: a rejected prototype, Winograd F(2x2, 3x3) (2.25x fewer GEMM FLOPs, but
@@ -21,9 +23,9 @@ With 1 thread the clock is process CPU time, with more wall time.
 ``--pair``: where two worker threads lose against two cores. Per stage, the reference's
 forward convolution (single-threaded BLAS) run alone, twice at once in two threads of one
 process, and twice at once in two processes; wall ms per convolution. What two threads lose
-and two processes do not is lost in the process: each NumPy call gives up the GIL and takes
-it back, and short calls wait for it (the row-patch stage makes the most calls); what both
-lose is lost to the shared hardware.
+and two processes do not is lost inside the process (not to the GIL's hand-overs alone:
+groups twice as large, so half the NumPy calls, gain 2-6% on a whole 2-thread step, see
+``--step --threads 2``); what both lose is lost to the shared hardware.
 """
 from __future__ import annotations
 
@@ -125,6 +127,10 @@ def stages(args, clock) -> None:
         for name, f in (("9 GEMMs", lambda: nine_gemms(x, w)), ("winograd", lambda: winograd(x, w, {}, clock))):
             err = np.abs(f() - ref).max() / scale
             assert err < 1e-5, f"{name} differs from the reference by {err:.1e}"
+        cols, w2 = C._im2col(x, 3, 1, 1)[0], w.reshape(-1, ch)  # the whole patch matrix, built once
+        out = np.empty((cols.shape[0], ch), np.float32)
+        gemm = median_ms(lambda: np.matmul(cols, w2, out=out), args.repeats, clock)
+        del cols, out
         parts = {}
         wino = median_ms(lambda: winograd(x, w, parts, clock), args.repeats, clock)
         nine = median_ms(lambda: nine_gemms(x, w), args.repeats, clock)
@@ -132,6 +138,7 @@ def stages(args, clock) -> None:
         print(f"\n{size}x{size}x{ch}         forward   vs im2col   forward + dx + dw")
         for name, (f, total) in times.items():
             print(f"  {name:<14} {f:8.1f}   {base / f:8.2f}x   {total:8.1f}")
+        print(f"  {'GEMM alone':<14} {gemm:8.1f}   {base / gemm:8.2f}x   (im2col's one GEMM, its patches prebuilt)")
         print(f"  {'9 GEMMs':<14} {nine:8.1f}   {base / nine:8.2f}x")
         share = ", ".join(f"{k} {1e3 * v / (args.repeats + 1):.1f}" for k, v in parts.items())
         print(f"  {'winograd':<14} {wino:8.1f}   {base / wino:8.2f}x   ({share})")
