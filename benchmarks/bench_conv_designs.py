@@ -107,6 +107,13 @@ def winograd(x, w, parts, clock):
     return y.reshape(n, h, wd, o)
 
 
+def gemm_alone_ms(x, w, repeats, clock):
+    """The forward's one im2col GEMM, on the whole patch matrix built beforehand."""
+    cols, w2 = C._im2col(x, 3, 1, 1)[0], w.reshape(-1, w.shape[-1])  # reshape copies: built once
+    out = np.empty((cols.shape[0], w.shape[-1]), x.dtype)
+    return median_ms(lambda: np.matmul(cols, w2, out=out), repeats, clock)
+
+
 def stages(args, clock) -> None:
     rng = np.random.default_rng(0)
     print(f"batch {args.batch}, float32, 3x3 stride 1 padding 1; median ms of {args.repeats}")
@@ -127,10 +134,7 @@ def stages(args, clock) -> None:
         for name, f in (("9 GEMMs", lambda: nine_gemms(x, w)), ("winograd", lambda: winograd(x, w, {}, clock))):
             err = np.abs(f() - ref).max() / scale
             assert err < 1e-5, f"{name} differs from the reference by {err:.1e}"
-        cols, w2 = C._im2col(x, 3, 1, 1)[0], w.reshape(-1, ch)  # the whole patch matrix, built once
-        out = np.empty((cols.shape[0], ch), np.float32)
-        gemm = median_ms(lambda: np.matmul(cols, w2, out=out), args.repeats, clock)
-        del cols, out
+        gemm = gemm_alone_ms(x, w, args.repeats, clock)
         parts = {}
         wino = median_ms(lambda: winograd(x, w, parts, clock), args.repeats, clock)
         nine = median_ms(lambda: nine_gemms(x, w), args.repeats, clock)

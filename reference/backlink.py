@@ -28,8 +28,6 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, MutableMapping
 
-import numpy as np
-
 from backlink.spec import (INPUT, Graph, Method, Partition, SpecError, check_labels, module_bounds,
                            tail_bounds, validate)
 

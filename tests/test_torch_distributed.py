@@ -1,7 +1,6 @@
 """BL-4.2 on torch: TorchStage in one process, and one process per module over gloo,
 against the reference's PipelinedRunner (events exactly, values within tolerance)."""
 import re
-import time
 
 import numpy as np
 import pytest
