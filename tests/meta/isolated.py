@@ -15,7 +15,7 @@ import numpy as np
 
 import backlink.reference as real_reference
 from backlink.reference.backend import ReferenceRunner
-from backlink.spec import Problem, StepRecord
+from backlink.spec import StepRecord
 
 __all__ = ["fresh_reference", "Mutant", "MutantRunner"]
 
