@@ -9,11 +9,18 @@ median time of:
   each forced on every stage, forward and forward + both VJPs (the reference picks rows
   where they pay: see ROWS_PER_DROPPED);
 - ``GEMM alone``: the forward's arithmetic at OpenBLAS's rate, one GEMM on the whole
-  im2col patch matrix built beforehand (a design at this time spends nothing on patches);
+  im2col patch matrix built beforehand (a design at this time spends nothing on patches;
+  one BLAS call, so one thread whatever ``--threads`` says);
 - ``9 GEMMs``: a rejected prototype, nine GEMMs on shifted slices of the flat padded image
-  (no patch copy at all, K = c), forward only;
+  (no patch copy at all, K = c), forward only, images shared among the worker threads;
+- ``wide GEMM``: a rejected prototype, the reference's row patches with one GEMM per group
+  (the k weight slices side by side, N = k*o) and k shifted adds, forward only;
 - ``winograd``: a rejected prototype, Winograd F(2x2, 3x3) (2.25x fewer GEMM FLOPs, but
-  its transforms move c numbers at a time), forward only, with its three parts.
+  its transforms move c numbers at a time), forward only, with its three parts; whole-batch
+  NumPy calls, so one thread whatever ``--threads`` says.
+
+The GEMM kernel OpenBLAS picks can be forced for a run (``OPENBLAS_CORETYPE=Haswell``, ...,
+before the command); the ``GEMM alone`` rows then show its rate.
 
 ``--step``: whole BP steps of ResNet-32 on the reference with row patches where they pay
 (the reference's rule) or im2col everywhere, at image groups of 1, 2 and 4 MB,
@@ -56,21 +63,52 @@ def median_ms(f, repeats, clock):
 
 
 def nine_gemms(x, w):
-    """Forward: y = sum over the 9 taps of (flat padded image shifted by the tap) @ W[tap]."""
+    """Forward: y = sum over the 9 taps of (flat padded image shifted by the tap) @ W[tap];
+    the images are shared among the active worker threads, as the reference's groups are."""
     n, h, wd, c = x.shape
     o, wp = w.shape[-1], wd + 2
     y = np.empty((n, h, wd, o), x.dtype)
-    xpad = np.zeros((h + 3, wp, c), x.dtype)  # one spare row: every shifted slice fits
-    acc, tmp = np.empty((h * wp, o), x.dtype), np.empty((h * wp, o), x.dtype)
-    for i in range(n):
-        xpad[1:h + 1, 1:wd + 1] = x[i]
-        flat = xpad.reshape(-1, c)
-        for t in range(9):
-            shift = (t // 3) * wp + t % 3
-            np.matmul(flat[shift:shift + h * wp], w[t // 3, t % 3], out=tmp if t else acc)
-            if t:
-                acc += tmp
-        y[i] = acc.reshape(h, wp, o)[:, :wd]
+
+    def run(images):
+        xpad = np.zeros((h + 3, wp, c), x.dtype)  # one spare row: every shifted slice fits
+        acc, tmp = np.empty((h * wp, o), x.dtype), np.empty((h * wp, o), x.dtype)
+        for i in images:
+            xpad[1:h + 1, 1:wd + 1] = x[i]
+            flat = xpad.reshape(-1, c)
+            for t in range(9):
+                shift = (t // 3) * wp + t % 3
+                np.matmul(flat[shift:shift + h * wp], w[t // 3, t % 3], out=tmp if t else acc)
+                if t:
+                    acc += tmp
+            y[i] = acc.reshape(h, wp, o)[:, :wd]
+
+    parallel.map_runs(run, range(n))
+    return y
+
+
+def wide_gemm(x, w):
+    """Forward on the reference's row patches R, but one GEMM per group with the k weight
+    slices side by side (N = k*o), then y_j = sum_ki Z[j + ki*wo, ki*o:(ki+1)*o]."""
+    k, _, c, o = w.shape
+    plan = C._RowPlan(k, 1, *x.shape[1:])
+    wk = np.concatenate(list(w.reshape(k, k * c, o)), axis=1)  # (k*c, k*o)
+    y = np.empty(x.shape[:3] + (o,), x.dtype)
+
+    def scratch(m):
+        rows = m * plan.hp * plan.wo
+        return plan.scratch(np, m, x.dtype) + (np.empty((rows, k * o), x.dtype), np.empty((rows, o), x.dtype))
+
+    def group(s, bufs):
+        xpad, rbuf, z, acc = bufs
+        m = s.stop - s.start
+        R, n = plan.patches(x[s], xpad, rbuf), plan.sums(m)
+        zs = np.matmul(R, wk, out=z[:len(R)])
+        np.copyto(acc[:n], zs[:n, :o])
+        for ki in range(1, k):
+            acc[:n] += zs[ki * plan.wo:ki * plan.wo + n, ki * o:(ki + 1) * o]
+        y[s] = acc[:len(R)].reshape(m, plan.hp, plan.wo, o)[:, :plan.ho]
+
+    C._for_groups(x, plan.ho * plan.wo, k * k * c, group, scratch)
     return y
 
 
@@ -131,19 +169,23 @@ def stages(args, clock) -> None:
             vjps = median_ms(lambda: (C.conv2d_dx(saved, g), C.conv2d_dw(saved, g)), args.repeats, clock)
             times[name] = (fwd, fwd + vjps)
         scale = np.abs(ref).max()
-        for name, f in (("9 GEMMs", lambda: nine_gemms(x, w)), ("winograd", lambda: winograd(x, w, {}, clock))):
+        prototypes = {"9 GEMMs": lambda: nine_gemms(x, w), "wide GEMM": lambda: wide_gemm(x, w),
+                      "winograd": lambda: winograd(x, w, {}, clock)}
+        for name, f in prototypes.items():
             err = np.abs(f() - ref).max() / scale
             assert err < 1e-5, f"{name} differs from the reference by {err:.1e}"
         gemm = gemm_alone_ms(x, w, args.repeats, clock)
         parts = {}
         wino = median_ms(lambda: winograd(x, w, parts, clock), args.repeats, clock)
         nine = median_ms(lambda: nine_gemms(x, w), args.repeats, clock)
+        wide = median_ms(lambda: wide_gemm(x, w), args.repeats, clock)
         base = times["im2col"][0]
         print(f"\n{size}x{size}x{ch}         forward   vs im2col   forward + dx + dw")
         for name, (f, total) in times.items():
             print(f"  {name:<14} {f:8.1f}   {base / f:8.2f}x   {total:8.1f}")
         print(f"  {'GEMM alone':<14} {gemm:8.1f}   {base / gemm:8.2f}x   (im2col's one GEMM, its patches prebuilt)")
         print(f"  {'9 GEMMs':<14} {nine:8.1f}   {base / nine:8.2f}x")
+        print(f"  {'wide GEMM':<14} {wide:8.1f}   {base / wide:8.2f}x")
         share = ", ".join(f"{k} {1e3 * v / (args.repeats + 1):.1f}" for k, v in parts.items())
         print(f"  {'winograd':<14} {wino:8.1f}   {base / wino:8.2f}x   ({share})")
 
