@@ -67,8 +67,8 @@ def pytest_addoption(parser):
                     help="0 (default): derandomized, the same examples every run; "
                          "N > 0: another fixed stream of examples and graph structures")
     group.addoption("--conformance-structures", type=int, default=None, metavar="S",
-                    help="graph structures per run that the sweeps draw from (default: 6, more "
-                         "with more --conformance-examples)")
+                    help="graph structures per run that the sweeps draw from (default: the 5 "
+                         "curated ones, more with more than 8 --conformance-examples)")
     group.addoption("--conformance-skips", default=None, metavar="FILE",
                     help="skips/xfails file (default: the package's skips/<backend name>.txt)")
 

@@ -71,3 +71,13 @@ def test_benchmark_script_checks_the_model(capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert len(mod.check_model_against_engine(n=2)) == 4
+
+
+def test_the_spec_resnet110_table_is_the_tools():
+    """spec/costs.md (BL-7.6) quotes the ResNet-110 table: each row must read as the tool prints it."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "spec" / "costs.md").read_text()
+    quoted = [line.replace("|", " ").split() for line in text.splitlines() if line.startswith("| ") and "% /" in line]
+    printed = format_paper_table(cost_rows(["resnet110"], [128])).splitlines()
+    assert quoted == [line.split() for line in printed if "% /" in line]

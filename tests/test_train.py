@@ -1,6 +1,7 @@
 """Training loop and CLI: resume is bit-identical, divergence stops cleanly, errors are clear."""
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,3 +237,17 @@ def test_resume_on_torch_is_bit_identical(tmp_path, monkeypatch):
     a, b = arrays(tmp_path / "a/run/checkpoint.npz"), arrays(tmp_path / "b/run/checkpoint.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a) and len(a) > 0
     assert untimed(resumed["history"]) == untimed(full["history"])
+
+
+def test_the_quickstart_shows_what_compare_prints(capsys):
+    """docs/quickstart.md quotes ``backlink compare --model mlp --dataset digits --epochs 2
+    --K 2``: its output, but for the time column, must be what the command prints."""
+    pytest.importorskip("sklearn")
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "quickstart.md").read_text()
+    quoted = doc.split("The second command prints one row per method:\n\n```text\n")[1].split("```")[0]
+    assert main(["compare", "--model", "mlp", "--dataset", "digits", "--epochs", "2", "--K", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-6:]
+
+    def untimed(lines):
+        return [line.split()[:-1] if "%" in line else line.split() for line in lines]
+    assert untimed(printed) == untimed(quoted.strip().splitlines())

@@ -4,7 +4,7 @@ The reference mutants (``tests/meta/mutants.py``) wrap the reference's functions
 plant the bugs a PyTorch author of local training makes -- a missing ``detach``, a
 forgotten beta, a recomputed forward that bumps the BN statistics again, ``eval()``
 left on -- inside the torch backend's own code. The conformance suite must reject each
-(``tests/meta/test_mutants.py``). Use one as ``--backend tests.meta.mutants_torch:NoDetach``.
+(``tests/meta/test_mutants.py``). Use one as ``--conformance-backend tests.meta.mutants_torch:NoDetach``.
 They run the synchronous schedule on CPU (the pipelined tests skip by capability).
 """
 from __future__ import annotations
