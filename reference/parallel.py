@@ -1,6 +1,6 @@
 """Opt-in worker threads for the reference's convolutions, batch norm and ReLU (NumPy only).
 
-A blocked convolution (:mod:`.primitives`) runs many small GEMMs, one per group of
+A blocked convolution (:mod:`.conv`) runs many small GEMMs, one per group of
 images, with few output columns. Multi-threaded OpenBLAS splits each of those GEMMs
 across cores and, on such skinny products, spends more time synchronising than
 computing: measured on 2 cores, a step with 2 BLAS threads was no faster than with 1.

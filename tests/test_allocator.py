@@ -4,6 +4,7 @@ Checked by behaviour, in fresh interpreters: a 64 MB array is allocated, touched
 in chunks; by default glibc hands those pages back (resident memory drops), after the call
 it keeps them (resident memory stays).
 """
+import functools
 import subprocess
 import sys
 
@@ -32,6 +33,7 @@ print((peak - resident()) / 2 ** 20)
 """
 
 
+@functools.cache  # "default" is asked once per parametrized case
 def returned_mb(mode: str) -> float:
     out = subprocess.run([sys.executable, "-c", PROGRAM, mode], capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])  # the last line: the CLI prints its version first

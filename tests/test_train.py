@@ -248,6 +248,6 @@ def test_the_quickstart_shows_what_compare_prints(capsys):
     assert main(["compare", "--model", "mlp", "--dataset", "digits", "--epochs", "2", "--K", "2", "--quiet"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()[-6:]
 
-    def untimed(lines):
+    def words_but_time(lines):  # a method's row ends with its time
         return [line.split()[:-1] if "%" in line else line.split() for line in lines]
-    assert untimed(printed) == untimed(quoted.strip().splitlines())
+    assert words_but_time(printed) == words_but_time(quoted.strip().splitlines())

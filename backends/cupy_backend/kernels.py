@@ -17,7 +17,7 @@ inputs once and writes its outputs once (all are memory-bound, so passes are the
 * ``maxpool_vjp``: a k*k one-hot, a k*k product, a transposed copy and a zero-padded
   copy; fused: one gather per input element.
 
-Arithmetic follows reference/primitives.py operation by operation, and NVRTC compiles
+Arithmetic follows reference/primitives.py and conv.py operation by operation, and NVRTC compiles
 with ``--fmad=false``, so results match the NumPy reference bit for bit.
 
 The wrappers live on :class:`Kernels`, parameterised by a launcher ``launch(name,
@@ -198,7 +198,7 @@ class Kernels:
         return dx
 
 
-#: The wrappers on CuPy arrays (what reference/primitives.py calls through ``kernels_for``).
+#: The wrappers on CuPy arrays (what reference/primitives.py and conv.py call through ``kernels_for``).
 ON_GPU = Kernels(launch_cupy)
 im2col = ON_GPU.im2col
 col2im = ON_GPU.col2im
